@@ -1,0 +1,49 @@
+"""optadam: readable, exact optimizers for JAX, drop-in compatible with optax.
+
+Every optimizer is an ``optax.GradientTransformation``: ``optadam.adam(1e-3)`` can replace
+``optax.adam(1e-3)`` anywhere (``optax.chain``, ``inject_hyperparams``, Flax, Equinox, ``jit``)
+and gives the same numbers. The building blocks (``scale_by_*``) are the optimizers' equations, one
+line each, in one module per family.
+"""
+
+from optadam._inject import inject_hyperparams
+from optadam.adagrad import ScaleByAdagradState, adagrad, scale_by_adagrad
+from optadam.adam import (
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    adam,
+    adamw,
+    amsgrad,
+    nadam,
+    scale_by_adam,
+    scale_by_amsgrad,
+)
+from optadam.momentum import ScaleByMomentumState, momentum, scale_by_momentum, sgd
+from optadam.radam import radam, scale_by_radam
+from optadam.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ScaleByAdagradState",
+    "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByMomentumState",
+    "ScaleByRmsState",
+    "adagrad",
+    "adam",
+    "adamw",
+    "amsgrad",
+    "inject_hyperparams",
+    "momentum",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_amsgrad",
+    "scale_by_momentum",
+    "scale_by_radam",
+    "scale_by_rms",
+    "sgd",
+]

@@ -1,0 +1,120 @@
+"""Lifting per-leaf optimizer math over pytrees: the one place every update goes through.
+
+Each optimizer writes its update as a plain function of arrays,
+``step(g, *moments) -> (u, *moments)``, and hands it to :func:`map_leaves`, which
+
+* checks that the gradients have the state's tree structure and leaf shapes, and names the first
+  mismatching path if not (instead of a deep JAX traceback);
+* lifts every input to at least float32 and rounds every output once, to its storage dtype (the
+  update to the gradient's dtype, each moment to its own) -- see :mod:`optadam._dtypes`;
+* lets ``None`` gradient leaves through (no update, state kept as it was) and, since it only visits
+  leaves, leaves ``optax.MaskedNode`` and empty subtrees alone.
+
+Performance work that concerns every optimizer (grouping leaves, fusing passes) belongs here, so the
+optimizer modules stay a transcription of their papers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _dtypes
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def zeros_like(params: optax.Params, dtype_of: Callable[[Any], Any]) -> optax.Params:
+    """Zeros shaped like each parameter, in ``dtype_of(param.dtype)``."""
+    return full_like(params, 0, dtype_of)
+
+
+def full_like(params: optax.Params, value: Any, dtype_of: Callable[[Any], Any]) -> optax.Params:
+    """``value`` broadcast to each parameter's shape, in ``dtype_of(param.dtype)``."""
+    return jax.tree.map(
+        lambda p: jnp.full_like(p, value, dtype=dtype_of(jnp.asarray(p).dtype)), params
+    )
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping to a negative step."""
+    return jnp.where(count < jnp.iinfo(count.dtype).max, count + 1, count)
+
+
+def _shape(x: Any) -> Any:
+    return None if x is None else jnp.shape(x)
+
+
+def _mismatch(grads: Any, state: Any) -> ValueError:
+    """An error naming the first leaf path where the gradients and the state disagree."""
+    g_paths, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_none)
+    s_paths, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_none)
+    for (g_path, g), (s_path, s) in zip(g_paths, s_paths, strict=False):
+        g_key, s_key = jax.tree_util.keystr(g_path), jax.tree_util.keystr(s_path)
+        if g_key != s_key:
+            return ValueError(
+                "the gradients' tree structure differs from the optimizer state's: first "
+                f"difference at gradient leaf {g_key} (shape {_shape(g)}) vs state leaf {s_key} "
+                f"(shape {_shape(s)})"
+            )
+        if g is not None and s is None:
+            return ValueError(
+                f"the gradient at {g_key or 'the root'} has shape {jnp.shape(g)} but the optimizer "
+                "state holds None there (the params had None at this leaf when init was called)"
+            )
+        if g is not None and jnp.shape(g) != jnp.shape(s):
+            return ValueError(
+                f"the gradient at {g_key or 'the root'} has shape {jnp.shape(g)} but the optimizer "
+                f"state there has shape {jnp.shape(s)} (was the state made from other params?)"
+            )
+    longer, side = (g_paths, "gradients") if len(g_paths) > len(s_paths) else (s_paths, "state")
+    extra = jax.tree_util.keystr(longer[min(len(g_paths), len(s_paths))][0])
+    return ValueError(
+        "the gradients' tree structure differs from the optimizer state's: the "
+        f"{side} have an extra leaf at {extra} ({len(g_paths)} gradient leaves, "
+        f"{len(s_paths)} state leaves)"
+    )
+
+
+def _flatten_like(treedef: Any, grads: Any, state: Any) -> list[Any]:
+    leaves, state_def = jax.tree.flatten(state, is_leaf=_is_none)
+    if state_def != treedef:
+        raise _mismatch(grads, state)
+    return leaves
+
+
+def _lift(x: Any) -> Any:
+    return x.astype(_dtypes.compute_dtype(x.dtype))
+
+
+def map_leaves(
+    step: Callable[..., Sequence[jax.Array]], grads: optax.Updates, *states: optax.Params
+) -> tuple[Any, ...]:
+    """Apply ``step(g, *s) -> (u, *s_new)`` leaf by leaf; return ``(updates, *new_states)``."""
+    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=_is_none)
+    s_leaves = [_flatten_like(treedef, grads, s) for s in states]
+    columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
+    for g, *s in zip(g_leaves, *s_leaves, strict=True):
+        if g is None:  # no gradient for this leaf: no update, state unchanged
+            outs: Sequence[Any] = (None, *s)
+        else:
+            for state, x in zip(states, s, strict=True):
+                if x is None or jnp.shape(x) != jnp.shape(g):
+                    raise _mismatch(grads, state)
+            g = jnp.asarray(g)
+            results = step(_lift(g), *(_lift(x) for x in s))
+            outs = [r.astype(like.dtype) for r, like in zip(results, (g, *s), strict=True)]
+        for column, out in zip(columns, outs, strict=True):
+            column.append(out)
+    return tuple(treedef.unflatten(column) for column in columns)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """|x|², real even for complex x (so second moments of complex parameters are real arrays)."""
+    return (x.conj() * x).real if jnp.iscomplexobj(x) else x * x

@@ -1,0 +1,92 @@
+r"""AdaGrad (Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods").
+
+Each parameter's step is divided by the root of the sum of all its squared gradients so far, so
+often-updated parameters slow down and rarely-updated ones keep large steps::
+
+    s_t = s_{t-1} + |g_t|²                  s_0 = initial_accumulator_value
+    u_t = g_t / sqrt(s_t + ε)               (0 where s_t = 0)
+    x_t = x_{t-1} − η · u_t
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _checks, _dtypes
+from optadam._leafwise import abs_sq, full_like, map_leaves
+
+
+class ScaleByAdagradState(NamedTuple):
+    """State of :func:`scale_by_adagrad`."""
+
+    sum_of_squares: optax.Params  # s_t: running sum of |g|², real, at least float32 by default
+
+
+def scale_by_adagrad(
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    eps: jax.typing.ArrayLike = 1e-7,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""Divide gradients by the root of their accumulated squares: ``u_t = g_t / sqrt(s_t + ε)``.
+
+    Args:
+      initial_accumulator_value: s_0, >= 0.
+      eps: ε inside the root, >= 0.
+      nu_dtype: storage dtype of ``sum_of_squares``; default: params' real dtype, at least float32.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAdagradState`.
+    """
+    _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
+    _checks.non_negative("eps", eps)
+    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+
+    def init_fn(params: optax.Params) -> ScaleByAdagradState:
+        return ScaleByAdagradState(
+            sum_of_squares=full_like(
+                params,
+                initial_accumulator_value,
+                lambda d: _dtypes.second_moment_dtype(d, nu_dtype),
+            )
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByAdagradState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByAdagradState]:
+        del params
+
+        def step(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+            s = s + abs_sq(g)
+            return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g, s
+
+        updates, sum_of_squares = map_leaves(step, updates, state.sum_of_squares)
+        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adagrad(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    eps: jax.typing.ArrayLike = 1e-7,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaGrad: ``x_t = x_{t-1} − η · g_t / sqrt(s_t + ε)``. A drop-in for ``optax.adagrad``.
+
+    Args:
+      learning_rate: η, a number, an array, or a schedule (a callable of the step count).
+      initial_accumulator_value: s_0, default 0.1.
+      eps: ε, default 1e-7.
+      nu_dtype: storage dtype of the accumulated squares.
+    """
+    _checks.scalar_or_schedule("learning_rate", learning_rate)
+    return optax.chain(
+        scale_by_adagrad(initial_accumulator_value, eps, nu_dtype=nu_dtype),
+        optax.scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,309 @@
+r"""Adam and its family: Adam, AdamW, NAdam and AMSGrad.
+
+Adam (Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", Algorithm 1) joins Momentum's
+moving average of gradients (the direction) with RMSProp's moving average of squared gradients (a
+step size per parameter), and corrects both for their start at zero::
+
+    m_t = β1 · m_{t-1} + (1 − β1) · g_t          first moment: EMA of gradients
+    v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²       second moment: EMA of squared gradients
+    m̂_t = m_t / (1 − β1^t)                        bias corrections
+    v̂_t = v_t / (1 − β2^t)
+    u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)         the step direction; the learning rate scales it
+
+In code ``mu`` is m, ``nu`` is v and ``count`` is t.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _checks, _dtypes
+from optadam._leafwise import abs_sq, map_leaves, safe_increment, zeros_like
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of :func:`scale_by_adam` and :func:`optadam.scale_by_radam`."""
+
+    count: jax.Array  # t: updates so far, int32 scalar, saturating at 2**31 - 1
+    mu: optax.Updates  # m_t: EMA of gradients, in the params' dtype unless mu_dtype
+    nu: optax.Updates  # v_t: EMA of |g|², real, at least float32 unless nu_dtype
+
+
+class ScaleByAmsgradState(NamedTuple):
+    """State of :func:`scale_by_amsgrad`."""
+
+    count: jax.Array  # t: updates so far, int32 scalar, saturating at 2**31 - 1
+    mu: optax.Updates  # m_t: EMA of gradients
+    nu: optax.Updates  # v_t: EMA of |g|²
+    nu_max: optax.Updates  # max over steps of v (bias-corrected if bias_correction_nu)
+
+
+def _check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
+    _checks.in_unit_interval("b1", b1)
+    _checks.in_unit_interval("b2", b2)
+    _checks.non_negative("eps", eps)
+    _checks.non_negative("eps_root", eps_root)
+
+
+def init_moments(params: optax.Params, mu_dtype: Any, nu_dtype: Any) -> tuple[Any, Any]:
+    """Zero first and second moments under optadam's dtype policy (see ``optadam._dtypes``)."""
+    mu = zeros_like(params, lambda dtype: _dtypes.first_moment_dtype(dtype, mu_dtype))
+    nu = zeros_like(params, lambda dtype: _dtypes.second_moment_dtype(dtype, nu_dtype))
+    return mu, nu
+
+
+def scale_by_adam(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nesterov: bool = False,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""Rescale gradients by Adam's bias-corrected moment estimates (Kingma & Ba, 2015, Alg. 1).
+
+    ``u_t = m̂_t / (sqrt(v̂_t + eps_root) + eps)`` with m̂, v̂ as in the module docstring. With
+    ``nesterov=True`` the first moment looks one step ahead (NAdam, Dozat 2016)::
+
+        m̂_t = β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t)
+
+    Args:
+      b1: decay rate β1 of the gradients' moving average, in [0, 1).
+      b2: decay rate β2 of the squared gradients' moving average, in [0, 1).
+      eps: ε added outside the square root, >= 0.
+      eps_root: ε added inside the square root, >= 0 (the tutorial's ε; also keeps gradients through
+        the update finite when v̂ is 0).
+      mu_dtype: storage dtype of ``mu``; default: the params' dtype.
+      nesterov: use NAdam's look-ahead first moment.
+      nu_dtype: storage dtype of ``nu``; default: the params' real dtype, but at least float32.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
+    """
+    _check_adam_args(b1, b2, eps, eps_root)
+    _checks.boolean("nesterov", nesterov)
+    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
+    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+
+    def init_fn(params: optax.Params) -> ScaleByAdamState:
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByAdamState]:
+        del params
+        t = safe_increment(state.count)
+        c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections, once per step
+        c1_next = 1 - b1 ** safe_increment(t)
+
+        def step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+            mu = b1 * mu + (1 - b1) * g
+            nu = b2 * nu + (1 - b2) * abs_sq(g)
+            mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
+            nu_hat = nu / c2
+            return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu, nu
+
+        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu)
+        return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_amsgrad(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""Rescale gradients by AMSGrad's non-increasing second moment (Reddi et al., 2018).
+
+    Adam's moments, but the denominator uses the running maximum of the second moment, so the
+    effective step size never grows::
+
+        v_max_t = max(v_max_{t-1}, v̂_t)
+        u_t     = m̂_t / (sqrt(v_max_t + eps_root) + eps)
+
+    The paper uses no bias correction (``bias_correction_mu=bias_correction_nu=False``); the
+    defaults correct both, as optax does.
+
+    Args:
+      b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
+      bias_correction_mu: divide m_t by (1 − β1^t).
+      bias_correction_nu: divide v_t by (1 − β2^t) before taking the maximum.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByAmsgradState`.
+    """
+    _check_adam_args(b1, b2, eps, eps_root)
+    _checks.boolean("bias_correction_mu", bias_correction_mu)
+    _checks.boolean("bias_correction_nu", bias_correction_nu)
+    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
+    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+
+    def init_fn(params: optax.Params) -> ScaleByAmsgradState:
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        return ScaleByAmsgradState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu)
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByAmsgradState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByAmsgradState]:
+        del params
+        t = safe_increment(state.count)
+        c1 = 1 - b1**t if bias_correction_mu else 1
+        c2 = 1 - b2**t if bias_correction_nu else 1
+
+        def step(g: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: jax.Array) -> tuple:
+            mu = b1 * mu + (1 - b1) * g
+            nu = b2 * nu + (1 - b2) * abs_sq(g)
+            mu_hat = mu / c1
+            nu_max = jnp.maximum(nu_max, nu / c2)
+            return mu_hat / (jnp.sqrt(nu_max + eps_root) + eps), mu, nu, nu_max
+
+        updates, mu, nu, nu_max = map_leaves(step, updates, state.mu, state.nu, state.nu_max)
+        return updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nesterov: bool = False,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam (Kingma & Ba, 2015): ``x_t = x_{t-1} − η · m̂_t / (sqrt(v̂_t + eps_root) + eps)``.
+
+    A drop-in for ``optax.adam``: same arguments, same defaults, same numbers. On top of it,
+    ``nu_dtype`` sets the second moment's storage dtype, and with bfloat16/float16 params the second
+    moment is kept in float32 by default (see ``optadam._dtypes``).
+
+    **The tutorial's form.** ``adam(lr, eps=0.0, eps_root=ε)`` is exactly the tutorial's update
+    ``x_t = x_{t-1} − η · m̂_t / sqrt(v̂_t + ε)``, with ε *inside* the square root. The default
+    (``eps=1e-8, eps_root=0``) is Kingma & Ba's form, with ε outside.
+
+    Args:
+      learning_rate: η, a number, an array, or a schedule (a callable of the step count).
+      b1: β1, default 0.9.  b2: β2, default 0.999.  eps: ε outside the root, default 1e-8.
+      eps_root: ε inside the root, default 0.  mu_dtype / nu_dtype: moment storage dtypes.
+      nesterov: NAdam's look-ahead first moment (see :func:`nadam`).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = optadam.adam(learning_rate=0.1)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([0.5, -3.0])}, state)
+      >>> optax.apply_updates(params, updates)["w"]  # Adam's first step is about η·sign(g)
+      Array([ 0.9, -1.9], dtype=float32)
+    """
+    _checks.scalar_or_schedule("learning_rate", learning_rate)
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nesterov: bool = True,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""NAdam (Dozat, 2016, "Incorporating Nesterov Momentum into Adam"): Adam with look-ahead.
+
+    ``m̂_t = β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t)``, the rest as in :func:`adam`
+    (whose arguments it takes). A drop-in for ``optax.nadam``.
+    """
+    return adam(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+    )
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    mask: Any | None = None,
+    *,
+    nesterov: bool = False,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdamW (Loshchilov & Hutter, 2019): Adam with weight decay decoupled from the gradient.
+
+    ``x_t = x_{t-1} − η · (m̂_t / (sqrt(v̂_t + eps_root) + eps) + λ · x_{t-1})``: the decay λ·x is
+    added to Adam's direction, not to the gradient, so it is not rescaled by v̂. A drop-in for
+    ``optax.adamw``.
+
+    Args:
+      weight_decay: λ, a number, an array or a schedule, default 1e-4.
+      mask: a pytree of bools (or a callable of the params returning one) selecting the leaves to
+        decay, as in ``optax.add_decayed_weights``.
+      The others: as in :func:`adam`.
+    """
+    _checks.scalar_or_schedule("learning_rate", learning_rate)
+    _checks.scalar_or_schedule("weight_decay", weight_decay)
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def amsgrad(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AMSGrad (Reddi et al., 2018, "On the Convergence of Adam and Beyond").
+
+    ``x_t = x_{t-1} − η · m̂_t / (sqrt(v_max_t + eps_root) + eps)`` with
+    ``v_max_t = max(v_max_{t-1}, v̂_t)``; see :func:`scale_by_amsgrad`. A drop-in for
+    ``optax.amsgrad``.
+    """
+    _checks.scalar_or_schedule("learning_rate", learning_rate)
+    return optax.chain(
+        scale_by_amsgrad(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            bias_correction_mu,
+            bias_correction_nu,
+            nu_dtype=nu_dtype,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )

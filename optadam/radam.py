@@ -1,0 +1,125 @@
+r"""RAdam (Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond", Alg. 2).
+
+Early in training Adam's second moment rests on few samples and its adaptive step size has a large
+variance. RAdam measures how many samples the moving average is worth, ρ_t, and until that passes a
+threshold it takes plain momentum steps; after, Adam's step times a rectification factor r_t::
+
+    ρ_∞ = 2 / (1 − β2) − 1
+    ρ_t = ρ_∞ − 2 t β2^t / (1 − β2^t)
+    m_t, v_t, m̂_t, v̂_t as in Adam
+    r_t = sqrt((ρ_t − 4)(ρ_t − 2) ρ_∞ / ((ρ_∞ − 4)(ρ_∞ − 2) ρ_t))
+    u_t = r_t · m̂_t / (sqrt(v̂_t + ε_root) + ε)    if ρ_t >= threshold
+    u_t = m̂_t                                       otherwise
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _checks
+from optadam._leafwise import abs_sq, map_leaves, safe_increment
+from optadam.adam import ScaleByAdamState, init_moments
+
+
+def scale_by_radam(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    threshold: jax.typing.ArrayLike = 5.0,
+    *,
+    nesterov: bool = False,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""Rescale gradients by RAdam's rectified Adam step (see the module docstring).
+
+    Args:
+      b1, b2, eps, eps_root: as in :func:`optadam.scale_by_adam`.
+      threshold: the ρ_t from which the adaptive step is used (the paper's 4, optax's 5).
+      nesterov: NAdam's look-ahead first moment.
+      mu_dtype, nu_dtype: moment storage dtypes, as in :func:`optadam.scale_by_adam`.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`optadam.ScaleByAdamState`.
+    """
+    _checks.in_unit_interval("b1", b1)
+    _checks.in_unit_interval("b2", b2)
+    _checks.non_negative("eps", eps)
+    _checks.non_negative("eps_root", eps_root)
+    _checks.finite("threshold", threshold)
+    _checks.boolean("nesterov", nesterov)
+    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
+    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+
+    def init_fn(params: optax.Params) -> ScaleByAdamState:
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByAdamState]:
+        del params
+        t = safe_increment(state.count)
+        c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections, once per step
+        c1_next = 1 - b1 ** safe_increment(t)
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2**t / c2
+        rectify = rho >= threshold
+        # max(., 0) keeps r finite (and its gradient NaN-free) on steps where it is not used.
+        r = jnp.sqrt(
+            jnp.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0)
+        )
+
+        def step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+            mu = b1 * mu + (1 - b1) * g
+            nu = b2 * nu + (1 - b2) * abs_sq(g)
+            mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
+            nu_hat = nu / c2
+            u = jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
+            return u, mu, nu
+
+        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu)
+        return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def radam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    threshold: jax.typing.ArrayLike = 5.0,
+    *,
+    nesterov: bool = False,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RAdam: Adam with its adaptive step rectified early on. A drop-in for ``optax.radam``.
+
+    ``x_t = x_{t-1} − η · u_t`` with u_t from :func:`scale_by_radam`.
+
+    Args:
+      learning_rate: η, a number, an array, or a schedule (a callable of the step count).
+      b1: β1, default 0.9.  b2: β2, default 0.999.  eps: default 1e-8.  eps_root: default 0.
+      threshold: default 5 (as optax; the paper uses 4).
+      nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_radam`.
+    """
+    _checks.scalar_or_schedule("learning_rate", learning_rate)
+    return optax.chain(
+        scale_by_radam(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            threshold,
+            nesterov=nesterov,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,156 @@
+r"""RMSProp (Tieleman & Hinton, 2012, Coursera lecture 6.5), plain and centered (Graves, 2013).
+
+RMSProp divides each gradient by the root of a moving average of its squares, so the step size
+adapts per parameter but, unlike AdaGrad, old gradients are forgotten::
+
+    ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²        ν_0 = initial_scale
+    μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t           centered only
+    var = ν_t − |μ_t|²  (centered)  or  ν_t     (ν, μ divided by 1 − ρ^t with bias_correction)
+    u_t = g_t / sqrt(var + ε)                   or g_t / (sqrt(var) + ε) with eps_in_sqrt=False
+    x_t = x_{t-1} − η · u_t
+
+In code ``nu`` is ν, ``mu`` is μ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _checks, _dtypes
+from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zeros_like
+from optadam.momentum import scale_by_momentum
+
+
+class ScaleByRmsState(NamedTuple):
+    """State of :func:`scale_by_rms`. Fields a variant does not use are None (no memory)."""
+
+    count: jax.Array | None  # t, int32 scalar; only with bias_correction
+    mu: optax.Updates | None  # μ_t: EMA of gradients; only when centered
+    nu: optax.Updates  # ν_t: EMA of |g|², real, at least float32 unless nu_dtype
+
+
+def scale_by_rms(
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+    *,
+    centered: bool = False,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""Divide gradients by the root of their moving mean square (or variance, when centered).
+
+    Matches ``optax.scale_by_rms`` (and, with ``centered=True``, ``optax.scale_by_stddev``).
+
+    Args:
+      decay: ρ, in [0, 1).
+      eps: ε, >= 0.
+      initial_scale: ν_0, >= 0.
+      eps_in_sqrt: ε inside the root (default) or outside it.
+      bias_correction: divide ν (and μ) by 1 − ρ^t.
+      centered: subtract the squared mean gradient (Graves, 2013).
+      mu_dtype: storage dtype of μ (centered only); default: the params' dtype.
+      nu_dtype: storage dtype of ν; default: params' real dtype, at least float32.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByRmsState`.
+    """
+    _checks.in_unit_interval("decay", decay)
+    _checks.non_negative("eps", eps)
+    _checks.non_negative("initial_scale", initial_scale)
+    for name, flag in [
+        ("eps_in_sqrt", eps_in_sqrt),
+        ("bias_correction", bias_correction),
+        ("centered", centered),
+    ]:
+        _checks.boolean(name, flag)
+    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
+    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+
+    def scale(var: jax.Array) -> jax.Array:
+        return jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
+
+    def init_fn(params: optax.Params) -> ScaleByRmsState:
+        nu = full_like(params, initial_scale, lambda d: _dtypes.second_moment_dtype(d, nu_dtype))
+        mu = zeros_like(params, lambda d: _dtypes.first_moment_dtype(d, mu_dtype))
+        return ScaleByRmsState(
+            count=jnp.zeros([], jnp.int32) if bias_correction else None,
+            mu=mu if centered else None,
+            nu=nu,
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByRmsState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByRmsState]:
+        del params
+        t = safe_increment(state.count) if bias_correction else None
+        c = 1 - decay**t if bias_correction else 1  # bias correction, once per step
+
+        def plain_step(g: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+            nu = decay * nu + (1 - decay) * abs_sq(g)
+            return scale(nu / c) * g, nu
+
+        def centered_step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+            nu = decay * nu + (1 - decay) * abs_sq(g)
+            mu = decay * mu + (1 - decay) * g
+            return scale(nu / c - abs_sq(mu / c)) * g, mu, nu
+
+        if centered:
+            updates, mu, nu = map_leaves(centered_step, updates, state.mu, state.nu)
+        else:
+            (updates, nu), mu = map_leaves(plain_step, updates, state.nu), None
+        return updates, ScaleByRmsState(count=t, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def rmsprop(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: jax.typing.ArrayLike | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RMSProp, plain, centered, or with momentum. A drop-in for ``optax.rmsprop``.
+
+    ``x_t = x_{t-1} − η · g_t / sqrt(var_t + ε)`` (see the module docstring). With ``momentum=β``
+    the learning-rate-scaled step is fed through a momentum trace (as optax does; torch.optim
+    applies the learning rate after the momentum instead, which differs under schedules).
+
+    Args:
+      learning_rate: η, a number, an array, or a schedule (a callable of the step count).
+      decay: ρ, default 0.9.  eps: ε, default 1e-8.  initial_scale: ν_0, default 0.
+      eps_in_sqrt: ε inside the root (default) or outside.
+      centered: divide by the root of the variance instead of the mean square.
+      momentum: β for a momentum trace after the scaling, or None.
+      nesterov: Nesterov's look-ahead for that momentum.
+      bias_correction: divide the moving averages by 1 − ρ^t.
+      nu_dtype: storage dtype of ν.
+    """
+    _checks.scalar_or_schedule("learning_rate", learning_rate)
+    _checks.optional_unit_interval("momentum", momentum)
+    return optax.chain(
+        scale_by_rms(
+            decay,
+            eps,
+            initial_scale,
+            eps_in_sqrt,
+            bias_correction,
+            centered=centered,
+            nu_dtype=nu_dtype,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+        optax.identity() if momentum is None else scale_by_momentum(momentum, nesterov),
+    )
