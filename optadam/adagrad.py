@@ -18,6 +18,7 @@ import optax
 
 from optadam import _checks, _dtypes
 from optadam._leafwise import abs_sq, full_like, map_leaves
+from optadam._learning_rate import scale_by_learning_rate
 
 
 class ScaleByAdagradState(NamedTuple):
@@ -88,5 +89,5 @@ def adagrad(
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     return optax.chain(
         scale_by_adagrad(initial_accumulator_value, eps, nu_dtype=nu_dtype),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )

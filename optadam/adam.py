@@ -23,6 +23,7 @@ import optax
 
 from optadam import _checks, _dtypes
 from optadam._leafwise import abs_sq, map_leaves, safe_increment, zeros_like
+from optadam._learning_rate import scale_by_learning_rate
 
 
 class ScaleByAdamState(NamedTuple):
@@ -216,7 +217,7 @@ def adam(
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     return optax.chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -271,7 +272,7 @@ def adamw(
     return optax.chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -305,5 +306,5 @@ def amsgrad(
             bias_correction_nu,
             nu_dtype=nu_dtype,
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )

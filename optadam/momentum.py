@@ -20,6 +20,7 @@ import optax
 
 from optadam import _checks, _dtypes
 from optadam._leafwise import map_leaves, zeros_like
+from optadam._learning_rate import scale_by_learning_rate
 
 
 class ScaleByMomentumState(NamedTuple):
@@ -103,7 +104,7 @@ def sgd(
             if momentum is None
             else scale_by_momentum(momentum, nesterov, accumulator_dtype)
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 

@@ -20,6 +20,7 @@ import optax
 
 from optadam import _checks
 from optadam._leafwise import abs_sq, map_leaves, safe_increment
+from optadam._learning_rate import scale_by_learning_rate
 from optadam.adam import ScaleByAdamState, init_moments
 
 
@@ -68,10 +69,10 @@ def scale_by_radam(
         rho_inf = 2 / (1 - b2) - 1
         rho = rho_inf - 2 * t * b2**t / c2
         rectify = rho >= threshold
-        # max(., 0) keeps r finite (and its gradient NaN-free) on steps where it is not used.
-        r = jnp.sqrt(
-            jnp.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0)
-        )
+        r_squared = (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+        # r is unused before the threshold, where r² may be negative; 1 keeps r and its gradient
+        # finite there, so meta-gradients through early steps are not NaN.
+        r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
 
         def step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
             mu = b1 * mu + (1 - b1) * g
@@ -121,5 +122,5 @@ def radam(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )

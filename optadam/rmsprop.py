@@ -22,6 +22,7 @@ import optax
 
 from optadam import _checks, _dtypes
 from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zeros_like
+from optadam._learning_rate import scale_by_learning_rate
 from optadam.momentum import scale_by_momentum
 
 
@@ -151,6 +152,6 @@ def rmsprop(
             centered=centered,
             nu_dtype=nu_dtype,
         ),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
         optax.identity() if momentum is None else scale_by_momentum(momentum, nesterov),
     )

@@ -1,0 +1,60 @@
+"""RMSProp, plain and centered, with and without momentum: against the equations and optax."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from harness import assert_trajectories_close, problem, reference_run, run, state_shapes
+
+import optadam
+
+CASES = [
+    {},
+    {"decay": 0.99, "eps": 1e-6, "initial_scale": 0.5},
+    {"eps_in_sqrt": False},
+    {"bias_correction": True},
+    {"centered": True, "initial_scale": 1.0},
+    {"centered": True, "bias_correction": True, "eps_in_sqrt": False, "initial_scale": 0.1},
+    {"momentum": 0.9},
+    {"momentum": 0.9, "nesterov": True, "centered": True, "initial_scale": 1.0},
+]
+IDS = ["-".join(f"{k}={v}" for k, v in case.items()) or "default" for case in CASES]
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=IDS)
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_matches_numpy_float64_transcription(x64, kwargs, dtype, rtol):
+    params, grads = problem(dtype, seed=30)
+    expected = reference_run("rmsprop", 0.01, params, grads, kwargs)
+    assert_trajectories_close(run(optadam.rmsprop(0.01, **kwargs), params, grads), expected, rtol)
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=IDS)
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 1e-6), (np.float64, 1e-12)])
+def test_matches_optax_rmsprop(x64, kwargs, dtype, rtol):
+    params, grads = problem(dtype, seed=31)
+    ours, theirs = optadam.rmsprop(0.01, **kwargs), optax.rmsprop(0.01, **kwargs)
+    assert_trajectories_close(run(ours, params, grads), run(theirs, params, grads), rtol)
+    assert state_shapes(ours.init(params)) == state_shapes(theirs.init(params))
+
+
+def test_schedule_matches_reference(x64):
+    params, grads = problem(np.float64, seed=32)
+    expected = reference_run("rmsprop", lambda c: 0.01 * 0.99**c, params, grads, {"momentum": 0.5})
+    tx = optadam.rmsprop(lambda c: 0.01 * 0.99 ** jnp.asarray(c, jnp.float64), momentum=0.5)
+    assert_trajectories_close(run(tx, params, grads), expected, 1e-12)
+
+
+def test_centered_with_complex_params_matches_reference(x64):
+    params, grads = problem(np.complex128, seed=33)
+    kwargs = {"centered": True, "initial_scale": 1.0}
+    expected = reference_run("rmsprop", 0.01, params, grads, kwargs)
+    assert_trajectories_close(run(optadam.rmsprop(0.01, **kwargs), params, grads), expected, 1e-12)
+
+
+def test_state_holds_only_what_the_variant_uses():
+    params = {"w": jnp.zeros((2, 2), jnp.bfloat16)}
+    plain = optadam.scale_by_rms().init(params)
+    assert plain.count is None and plain.mu is None and plain.nu["w"].dtype == jnp.float32
+    full = optadam.scale_by_rms(bias_correction=True, centered=True).init(params)
+    assert full.count.dtype == jnp.int32 and full.mu["w"].dtype == jnp.bfloat16
