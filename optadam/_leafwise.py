@@ -112,7 +112,7 @@ def map_leaves(
             outs = [r.astype(like.dtype) for r, like in zip(results, (g, *s), strict=True)]
         for column, out in zip(columns, outs, strict=True):
             column.append(out)
-    return tuple(treedef.unflatten(column) for column in columns)
+    return tuple(jax.tree.unflatten(treedef, column) for column in columns)
 
 
 def abs_sq(x: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ often-updated parameters slow down and rarely-updated ones keep large steps::
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ def scale_by_adagrad(
     ) -> tuple[optax.Updates, ScaleByAdagradState]:
         del params
 
-        def step(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def step(g: Any, s: Any) -> tuple[Any, ...]:
             s = s + abs_sq(g)
             return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g, s
 

@@ -29,7 +29,7 @@ from optadam._learning_rate import scale_by_learning_rate
 class ScaleByAdamState(NamedTuple):
     """State of :func:`scale_by_adam` and :func:`optadam.scale_by_radam`."""
 
-    count: jax.Array  # t: updates so far, int32 scalar, saturating at 2**31 - 1
+    count: jax.Array  # type: ignore[assignment]  # t: steps so far, int32, saturating
     mu: optax.Updates  # m_t: EMA of gradients, in the params' dtype unless mu_dtype
     nu: optax.Updates  # v_t: EMA of |g|², real, at least float32 unless nu_dtype
 
@@ -37,7 +37,7 @@ class ScaleByAdamState(NamedTuple):
 class ScaleByAmsgradState(NamedTuple):
     """State of :func:`scale_by_amsgrad`."""
 
-    count: jax.Array  # t: updates so far, int32 scalar, saturating at 2**31 - 1
+    count: jax.Array  # type: ignore[assignment]  # t: steps so far, int32, saturating
     mu: optax.Updates  # m_t: EMA of gradients
     nu: optax.Updates  # v_t: EMA of |g|²
     nu_max: optax.Updates  # max over steps of v (bias-corrected if bias_correction_nu)
@@ -104,7 +104,7 @@ def scale_by_adam(
         c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections, once per step
         c1_next = 1 - b1 ** safe_increment(t)
 
-        def step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+        def step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             mu = b1 * mu + (1 - b1) * g
             nu = b2 * nu + (1 - b2) * abs_sq(g)
             mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
@@ -165,7 +165,7 @@ def scale_by_amsgrad(
         c1 = 1 - b1**t if bias_correction_mu else 1
         c2 = 1 - b2**t if bias_correction_nu else 1
 
-        def step(g: jax.Array, mu: jax.Array, nu: jax.Array, nu_max: jax.Array) -> tuple:
+        def step(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
             mu = b1 * mu + (1 - b1) * g
             nu = b2 * nu + (1 - b2) * abs_sq(g)
             mu_hat = mu / c1

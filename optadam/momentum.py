@@ -61,7 +61,7 @@ def scale_by_momentum(
     ) -> tuple[optax.Updates, ScaleByMomentumState]:
         del params
 
-        def step(g: jax.Array, trace: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def step(g: Any, trace: Any) -> tuple[Any, ...]:
             trace = g + decay * trace
             return (g + decay * trace if nesterov else trace), trace
 

@@ -14,6 +14,8 @@ threshold it takes plain momentum steps; after, Adam's step times a rectificatio
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -74,7 +76,7 @@ def scale_by_radam(
         # finite there, so meta-gradients through early steps are not NaN.
         r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
 
-        def step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+        def step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             mu = b1 * mu + (1 - b1) * g
             nu = b2 * nu + (1 - b2) * abs_sq(g)
             mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1

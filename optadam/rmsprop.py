@@ -29,7 +29,7 @@ from optadam.momentum import scale_by_momentum
 class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`. Fields a variant does not use are None (no memory)."""
 
-    count: jax.Array | None  # t, int32 scalar; only with bias_correction
+    count: jax.Array | None  # type: ignore[assignment]  # t, int32; only with bias_correction
     mu: optax.Updates | None  # μ_t: EMA of gradients; only when centered
     nu: optax.Updates  # ν_t: EMA of |g|², real, at least float32 unless nu_dtype
 
@@ -90,14 +90,14 @@ def scale_by_rms(
         updates: optax.Updates, state: ScaleByRmsState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByRmsState]:
         del params
-        t = safe_increment(state.count) if bias_correction else None
-        c = 1 - decay**t if bias_correction else 1  # bias correction, once per step
+        t = None if state.count is None else safe_increment(state.count)
+        c = 1 if t is None else 1 - decay**t  # bias correction, once per step
 
-        def plain_step(g: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+        def plain_step(g: Any, nu: Any) -> tuple[Any, ...]:
             nu = decay * nu + (1 - decay) * abs_sq(g)
             return scale(nu / c) * g, nu
 
-        def centered_step(g: jax.Array, mu: jax.Array, nu: jax.Array) -> tuple[jax.Array, ...]:
+        def centered_step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             nu = decay * nu + (1 - decay) * abs_sq(g)
             mu = decay * mu + (1 - decay) * g
             return scale(nu / c - abs_sq(mu / c)) * g, mu, nu
