@@ -1,0 +1,307 @@
+"""``python -m optadam.bench``: optimizer step time, compile time and state memory, in one process.
+
+Every contender runs the same donated, jitted training step -- ``tx.update`` plus
+``optax.apply_updates`` -- on the same parameter tree and a fixed gradient tree. Contenders are
+timed in interleaved rounds (one block of steps each, round after round) so that machine drift hits
+all of them alike; the median over rounds is reported. A plain streaming kernel (``a + s·b``,
+12 bytes per element) is timed in the same rounds and serves as the memory-bandwidth roofline.
+
+Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
+Contenders: optadam and optax for sgd+momentum, rmsprop, adam, adamw; torch.optim (foreach, and
+fused where torch has it) when torch is installed.
+
+Per contender it reports: compile time, median step time, effective GB/s (the bytes an ideal
+one-pass update must move: Adam reads p, g, m, v and writes p, m, v -- 28 B/param in float32),
+that as a fraction of the roofline, and optimizer-state bytes per parameter. ``--quick`` shrinks
+everything for a smoke run (the test suite runs it); its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optadam
+
+Shapes = dict[str, tuple[int, ...]]
+
+# Arrays an ideal single-pass update reads and writes per parameter (p, g and each moment).
+ARRAYS_MOVED = {"sgd_momentum": 5, "rmsprop": 5, "adam": 7, "adamw": 7}
+OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
+    "sgd_momentum": {
+        "optadam": lambda: optadam.sgd(1e-3, momentum=0.9),
+        "optax": lambda: optax.sgd(1e-3, momentum=0.9),
+    },
+    "rmsprop": {"optadam": lambda: optadam.rmsprop(1e-3), "optax": lambda: optax.rmsprop(1e-3)},
+    "adam": {"optadam": lambda: optadam.adam(1e-3), "optax": lambda: optax.adam(1e-3)},
+    "adamw": {"optadam": lambda: optadam.adamw(1e-3), "optax": lambda: optax.adamw(1e-3)},
+}
+TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+
+
+def resnet50_shapes(width: int = 64) -> Shapes:
+    """Conv kernels (HWIO), batch-norm scales/biases and the classifier of a ResNet-50."""
+    shapes: Shapes = {
+        "stem/conv": (7, 7, 3, width),
+        "stem/bn_scale": (width,),
+        "stem/bn_bias": (width,),
+    }
+    cin = width
+    for stage, (blocks, w) in enumerate(
+        zip((3, 4, 6, 3), (width, 2 * width, 4 * width, 8 * width), strict=True)
+    ):
+        for block in range(blocks):
+            name = f"stage{stage}/block{block}"
+            for i, (k, ci, co) in enumerate([(1, cin, w), (3, w, w), (1, w, 4 * w)]):
+                shapes[f"{name}/conv{i}"] = (k, k, ci, co)
+                shapes[f"{name}/bn{i}_scale"] = shapes[f"{name}/bn{i}_bias"] = (co,)
+            if block == 0:
+                shapes[f"{name}/down_conv"] = (1, 1, cin, 4 * w)
+                shapes[f"{name}/down_bn_scale"] = shapes[f"{name}/down_bn_bias"] = (4 * w,)
+            cin = 4 * w
+    shapes["fc/kernel"], shapes["fc/bias"] = (cin, 1000), (1000,)
+    return shapes
+
+
+def gpt2_shapes(d: int = 768, layers: int = 12, vocab: int = 50257, context: int = 1024) -> Shapes:
+    """GPT-2 small's leaves: embeddings, 12 blocks of attention + MLP with layer norms."""
+    shapes: Shapes = {"wte": (vocab, d), "wpe": (context, d)}
+    for i in range(layers):
+        block = {"ln1_g": (d,), "ln1_b": (d,), "attn_w": (d, 3 * d), "attn_b": (3 * d,),
+                 "proj_w": (d, d), "proj_b": (d,), "ln2_g": (d,), "ln2_b": (d,),
+                 "fc_w": (d, 4 * d), "fc_b": (4 * d,), "out_w": (4 * d, d),
+                 "out_b": (d,)}  # fmt: skip
+        shapes |= {f"h{i}/{name}": shape for name, shape in block.items()}
+    shapes["ln_f_g"] = shapes["ln_f_b"] = (d,)
+    return shapes
+
+
+def cases(quick: bool) -> dict[str, Shapes]:
+    if quick:
+        return {
+            "big_leaf": {"w": (256, 256)},
+            "resnet50": resnet50_shapes(width=4),
+            "gpt2": gpt2_shapes(d=32, layers=2, vocab=500, context=64),
+            "many_small": {f"w{i:04d}": (100,) for i in range(50)},
+        }
+    return {
+        "big_leaf": {"w": (4096, 4096)},
+        "resnet50": resnet50_shapes(),
+        "gpt2": gpt2_shapes(),
+        "many_small": {f"w{i:04d}": (1000,) for i in range(2000)},
+    }
+
+
+@dataclass
+class Result:
+    case: str
+    optimizer: str
+    contender: str
+    params: int
+    compile_s: float
+    step_ms: float = float("nan")
+    gb_per_s: float = float("nan")
+    roofline_fraction: float = float("nan")
+    state_bytes_per_param: float = float("nan")
+    step_samples_ms: list[float] = field(default_factory=list)
+
+
+class JaxContender:
+    """A donated jitted step for one optax-style transformation, compiled up front."""
+
+    def __init__(self, tx: optax.GradientTransformation, params: Any, grads: Any) -> None:
+        def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        self.params = jax.tree.map(jnp.copy, params)
+        self.state = tx.init(self.params)
+        self.grads = grads
+        start = time.perf_counter()
+        self.step = (
+            jax.jit(step, donate_argnums=(0, 1)).lower(self.params, self.state, grads).compile()
+        )
+        self.compile_s = time.perf_counter() - start
+        self.state_bytes = sum(x.nbytes for x in jax.tree.leaves(self.state))
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.params, self.state = self.step(self.params, self.state, self.grads)
+        jax.block_until_ready(self.params)
+
+
+class TorchContender:
+    def __init__(self, name: str, options: dict[str, bool], shapes: Shapes, seed: int) -> None:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        self.params = [
+            torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes.values()
+        ]
+        for p in self.params:
+            p.grad = torch.randn(p.shape, generator=generator) * 1e-2
+        kwargs = {"momentum": 0.9} if name == "SGD" else {}
+        self.optimizer = getattr(torch.optim, name)(self.params, lr=1e-3, **kwargs, **options)
+        self.compile_s = 0.0
+        self.run(1)  # creates the state
+        self.state_bytes = sum(
+            t.numel() * t.element_size()
+            for s in self.optimizer.state.values()
+            for t in s.values()
+            if torch.is_tensor(t) and t.dim() > 0
+        )
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.optimizer.step()
+
+
+def torch_options(name: str) -> dict[str, dict[str, bool]]:
+    """torch.optim implementations to race: foreach always, fused where this torch has it."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    options = {"torch_foreach": {"foreach": True}}
+    if "fused" in getattr(torch.optim, name).__init__.__code__.co_varnames:
+        options["torch_fused"] = {"fused": True}
+    return options
+
+
+def roofline_kernel(n: int) -> Callable[[int], None]:
+    """``a ← a + s·b`` over n float32 elements: 12 bytes per element, the streaming limit."""
+    a, b = jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.float32)
+    kernel = jax.jit(lambda a, b: a + 1e-3 * b, donate_argnums=0).lower(a, b).compile()
+    state = {"a": a}
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            state["a"] = kernel(state["a"], b)
+        jax.block_until_ready(state["a"])
+
+    return run
+
+
+def _time(run: Callable[[int], None], steps: int) -> float:
+    start = time.perf_counter()
+    run(steps)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def bench_case(
+    case: str, shapes: Shapes, optimizers: list[str], rounds: int, steps: int
+) -> list[Result]:
+    rng = np.random.default_rng(0)
+    params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+    grads = {k: jnp.asarray(rng.standard_normal(s) * 1e-2, jnp.float32) for k, s in shapes.items()}
+    n = sum(int(np.prod(s)) for s in shapes.values())
+    roofline = roofline_kernel(n)
+    roofline_ms: list[float] = []
+    results: list[Result] = []
+    for name in optimizers:
+        contenders: dict[str, Any] = {
+            label: JaxContender(make(), params, grads) for label, make in OPTIMIZERS[name].items()
+        }
+        for label, options in torch_options(TORCH_OPTIMIZERS[name]).items():
+            contenders[label] = TorchContender(TORCH_OPTIMIZERS[name], options, shapes, seed=0)
+        samples: dict[str, list[float]] = {label: [] for label in contenders}
+        for contender in contenders.values():
+            contender.run(2)  # warm-up
+        for _ in range(rounds):  # interleaved, so drift hits every contender alike
+            roofline_ms.append(_time(roofline, steps))
+            for label, contender in contenders.items():
+                samples[label].append(_time(contender.run, steps))
+        for label, contender in contenders.items():
+            step_ms = statistics.median(samples[label])
+            results.append(Result(
+                case, name, label, n, contender.compile_s, step_ms,
+                gb_per_s=ARRAYS_MOVED[name] * 4 * n / step_ms / 1e6,
+                state_bytes_per_param=contender.state_bytes / n,
+                step_samples_ms=samples[label],
+            ))  # fmt: skip
+        del contenders
+    roofline_gb_s = 12 * n / min(roofline_ms) / 1e6
+    for r in results:
+        r.roofline_fraction = r.gb_per_s / roofline_gb_s
+    results.append(Result(case, "roofline", "a+s*b", n, 0.0, min(roofline_ms), roofline_gb_s, 1.0))
+    return results
+
+
+def table(results: list[Result]) -> str:
+    header = ["case", "optimizer", "contender", "params", "compile s", "step ms", "GB/s",
+              "roofline", "state B/param"]  # fmt: skip
+    rows = [header] + [
+        [r.case, r.optimizer, r.contender, f"{r.params:,}", f"{r.compile_s:.2f}",
+         f"{r.step_ms:.2f}", f"{r.gb_per_s:.1f}", f"{r.roofline_fraction:.0%}",
+         f"{r.state_bytes_per_param:.2f}"]
+        for r in results
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m optadam.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny cases, few rounds: a smoke run")
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated subset of: big_leaf,resnet50,gpt2,many_small"
+    )
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(OPTIMIZERS),
+        help="comma-separated subset of: " + ",".join(OPTIMIZERS),
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved timing rounds (default 15; quick 2)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("optadam-bench.json"), help="JSON results file"
+    )
+    args = parser.parse_args(argv)
+    all_cases = cases(args.quick)
+    chosen = args.cases.split(",") if args.cases else list(all_cases)
+    optimizers = args.optimizers.split(",")
+    for value, valid, what in [(chosen, all_cases, "case"), (optimizers, OPTIMIZERS, "optimizer")]:
+        unknown = [v for v in value if v not in valid]
+        if unknown:
+            parser.error(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(valid)}")
+    rounds = args.rounds or (2 if args.quick else 15)
+    steps = 1 if args.quick else 5
+    results: list[Result] = []
+    for case in chosen:
+        print(f"[bench] {case} ...", file=sys.stderr, flush=True)
+        results += bench_case(case, all_cases[case], optimizers, rounds, steps)
+    print(table(results))
+    meta = {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "optax": optax.__version__,
+            "devices": str(jax.devices()), "quick": args.quick, "rounds": rounds,
+            "steps_per_round": steps}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
+    )
+    print(f"\nresults written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The benchmark runs end to end (--quick) and writes a full table and JSON; no timing asserted."""
+
+import json
+import math
+
+import pytest
+
+from optadam import bench
+
+
+def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert (
+        bench.main(
+            ["--quick", "--cases", "big_leaf,many_small", "--optimizers", "adam", "--out", str(out)]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert {r["case"] for r in rows} == {"big_leaf", "many_small"}
+    for case in ("big_leaf", "many_small"):
+        contenders = {r["contender"] for r in rows if r["case"] == case}
+        assert {"optadam", "optax", "a+s*b"} <= contenders
+        adam = next(r for r in rows if r["case"] == case and r["contender"] == "optadam")
+        assert adam["state_bytes_per_param"] == pytest.approx(8.0, rel=0.01)  # mu + nu in float32
+        assert math.isfinite(adam["step_ms"]) and adam["step_ms"] > 0
+    assert report["meta"]["quick"] is True
+    assert "optadam" in capsys.readouterr().out
+
+
+def test_shapes_are_the_architectures():
+    resnet = bench.resnet50_shapes()
+    assert (
+        len(resnet) == 161 and 25_000_000 < sum(math.prod(s) for s in resnet.values()) < 26_000_000
+    )
+    gpt2 = bench.gpt2_shapes()
+    assert len(gpt2) == 148 and 124_000_000 < sum(math.prod(s) for s in gpt2.values()) < 125_000_000
+
+
+def test_unknown_case_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", "--cases", "nope"])
+    assert exit_.value.code == 2
+    assert "unknown case nope; choose from big_leaf" in capsys.readouterr().err
