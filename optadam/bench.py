@@ -281,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     all_cases = cases(args.quick)
     chosen = args.cases.split(",") if args.cases else list(all_cases)
     optimizers = args.optimizers.split(",")
-    for value, valid, what in [(chosen, all_cases, "case"), (optimizers, OPTIMIZERS, "optimizer")]:
+    choices: list[tuple[list[str], list[str], str]] = [
+        (chosen, list(all_cases), "case"),
+        (optimizers, list(OPTIMIZERS), "optimizer"),
+    ]
+    for value, valid, what in choices:
         unknown = [v for v in value if v not in valid]
         if unknown:
             parser.error(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(valid)}")
