@@ -13,7 +13,7 @@ from collections.abc import Callable
 from optadam import demo
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "demo": (demo.main, "race the optimizers on Rosenbrock and a small MLP; print a table")
+    "demo": (demo.main, "race the optimizers on Rosenbrock, Beale and a Flax MLP; draw it")
 }
 
 

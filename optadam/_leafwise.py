@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from optadam import _dtypes
 
@@ -31,15 +32,54 @@ def _is_none(x: Any) -> bool:
 
 
 def zeros_like(params: optax.Params, dtype_of: Callable[[Any], Any]) -> optax.Params:
-    """Zeros shaped like each parameter, in ``dtype_of(param.dtype)``."""
+    """Zeros shaped and sharded like each parameter, in ``dtype_of(param.dtype)``."""
     return full_like(params, 0, dtype_of)
 
 
 def full_like(params: optax.Params, value: Any, dtype_of: Callable[[Any], Any]) -> optax.Params:
-    """``value`` broadcast to each parameter's shape, in ``dtype_of(param.dtype)``."""
-    return jax.tree.map(
-        lambda p: jnp.full_like(p, value, dtype=dtype_of(jnp.asarray(p).dtype)), params
-    )
+    """``value`` broadcast to each parameter's shape and sharding, in ``dtype_of(param.dtype)``.
+
+    Eagerly, and under ``jit`` over Explicit mesh axes (where the sharding is part of the traced
+    type), ``jnp.full_like`` takes the parameter's sharding. Under ``jit`` over Auto axes a tracer
+    carries no sharding and a constant gives XLA nothing to propagate from, so the state would
+    come out replicated or on one device. ``where(False, param, value)`` has the parameter as an
+    operand: XLA's sharding propagation gives the result the parameter's sharding, then the
+    simplifier folds the select to the broadcast constant -- the values are exactly ``value``
+    (whatever the parameter holds, inf and NaN included) and the parameter is never read. See
+    BUILD_NOTES.md ("Sharding") for the alternatives tried.
+    """
+
+    def like(p: Any) -> Any:
+        dtype = dtype_of(jnp.asarray(p).dtype)
+        leaf = jnp.full_like(p, value, dtype=dtype)
+        if isinstance(p, jax.core.Tracer):
+            leaf = jnp.where(jnp.zeros(jnp.shape(p), bool), _cast(p, dtype), leaf)
+        return leaf
+
+    return jax.tree.map(like, params)
+
+
+def _cast(p: Any, dtype: Any) -> Any:
+    """``p`` in ``dtype``; complex to real keeps the real part (only a sharding carrier here)."""
+    if jnp.iscomplexobj(p) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        p = p.real
+    return p.astype(dtype)
+
+
+def zero_count(params: optax.Params) -> jax.Array:
+    """A zero int32 step counter, replicated over the mesh of the params' first sharded leaf.
+
+    Inside ``jit`` a scalar output is replicated over the computation's devices anyway; outside it
+    ``jnp.zeros`` would put the counter on one default device, away from a sharded state.
+    """
+    count = jnp.zeros([], jnp.int32)
+    for p in jax.tree.leaves(params):
+        if isinstance(p, jax.core.Tracer):
+            break
+        sharding = getattr(p, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return jax.device_put(count, NamedSharding(sharding.mesh, PartitionSpec()))
+    return count
 
 
 def safe_increment(count: jax.Array) -> jax.Array:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from optadam._dtypes import compute_dtype
-from optadam._leafwise import safe_increment
+from optadam._leafwise import safe_increment, zero_count
 
 
 def _scale(updates: optax.Updates, factor: Any) -> optax.Updates:
@@ -38,8 +37,7 @@ def scale_by_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.Gradi
         return optax.GradientTransformation(lambda _: optax.EmptyState(), update_constant)
 
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
-        del params
-        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.ScaleByScheduleState(count=zero_count(params))
 
     def update_fn(
         updates: optax.Updates, state: optax.ScaleByScheduleState, params: Any = None

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _dtypes
-from optadam._leafwise import abs_sq, map_leaves, safe_increment, zeros_like
+from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count, zeros_like
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -94,7 +94,7 @@ def scale_by_adam(
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
         mu, nu = init_moments(params, mu_dtype, nu_dtype)
-        return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
@@ -155,7 +155,7 @@ def scale_by_amsgrad(
 
     def init_fn(params: optax.Params) -> ScaleByAmsgradState:
         mu, nu = init_moments(params, mu_dtype, nu_dtype)
-        return ScaleByAmsgradState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu)
+        return ScaleByAmsgradState(count=zero_count(params), mu=mu, nu=nu, nu_max=nu)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAmsgradState, params: optax.Params | None = None

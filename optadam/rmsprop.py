@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _dtypes
-from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zeros_like
+from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zero_count, zeros_like
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.momentum import scale_by_momentum
 
@@ -81,7 +81,7 @@ def scale_by_rms(
         nu = full_like(params, initial_scale, lambda d: _dtypes.second_moment_dtype(d, nu_dtype))
         mu = zeros_like(params, lambda d: _dtypes.first_moment_dtype(d, mu_dtype))
         return ScaleByRmsState(
-            count=jnp.zeros([], jnp.int32) if bias_correction else None,
+            count=zero_count(params) if bias_correction else None,
             mu=mu if centered else None,
             nu=nu,
         )
