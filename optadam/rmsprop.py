@@ -100,7 +100,9 @@ def scale_by_rms(
         def centered_step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             nu = decay * nu + (1 - decay) * abs_sq(g)
             mu = decay * mu + (1 - decay) * g
-            return scale(nu / c - abs_sq(mu / c)) * g, mu, nu
+            # max(., 0): rounding can leave ν̂ − |μ̂|² a hair below 0 (e.g. decay 0), and its
+            # root NaN, where the variance is really 0.
+            return scale(jnp.maximum(nu / c - abs_sq(mu / c), 0)) * g, mu, nu
 
         if centered:
             updates, mu, nu = map_leaves(centered_step, updates, state.mu, state.nu)

@@ -1,5 +1,6 @@
 """RMSProp, plain and centered, with and without momentum: against the equations and optax."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -58,3 +59,16 @@ def test_state_holds_only_what_the_variant_uses():
     assert plain.count is None and plain.mu is None and plain.nu["w"].dtype == jnp.float32
     full = optadam.scale_by_rms(bias_correction=True, centered=True).init(params)
     assert full.count.dtype == jnp.int32 and full.mu["w"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("eps_in_sqrt", [False, True])
+def test_centered_variance_rounding_below_zero_does_not_give_nan(eps_in_sqrt):
+    """With decay 0, ν = g² and μ = g: the variance is exactly 0, but rounding (and FMA
+    contraction) can put ν − μ² a hair below 0; its root must not be NaN. (Found by hypothesis.)"""
+    tx = optadam.rmsprop(0.01, decay=0.0, initial_scale=1.0, centered=True, eps_in_sqrt=eps_in_sqrt)
+    rng = np.random.default_rng(0)
+    params = jnp.zeros(())
+    state = tx.init(params)
+    for g in rng.standard_normal(200).astype(np.float32) * 3.7:
+        updates, state = jax.jit(tx.update)(jnp.asarray(g), state)
+        assert np.isfinite(updates)
