@@ -14,13 +14,20 @@ Per contender it reports: compile time, median step time, effective GB/s (the by
 one-pass update must move: Adam reads p, g, m, v and writes p, m, v -- 28 B/param in float32),
 that as a fraction of the roofline, and optimizer-state bytes per parameter. ``--quick`` shrinks
 everything for a smoke run (the test suite runs it); its timings mean nothing.
+
+``--state-sharding`` reports instead the optimizer state each device holds for a large sharded
+model (an 8-layer MLP of 268M float32 params on 8 devices; shapes only, nothing is allocated),
+plain and with ZeRO-1 (``optadam.sharding.zero1``). It runs in a child process with 8 host CPU
+devices, since JAX fixes the device count when it starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -239,6 +246,62 @@ def bench_case(
     return results
 
 
+SHARDED_LAYER = {  # Megatron-style MLP block: w_in split by columns, w_out by rows, on "model"
+    "w_in": ((2048, 8192), (None, "model")),
+    "b": ((8192,), ("model",)),
+    "w_out": ((8192, 2048), ("model", None)),
+    "ln": ((2048,), ()),
+}
+DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
+
+
+def state_sharding_report() -> list[dict[str, Any]]:
+    """Per-device Adam state (MiB, the most any device holds), plain and ZeRO-1, per mesh."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    import optadam.sharding
+
+    rows = []
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+        for shape in ((8, 1), (4, 2)):
+            mesh = jax.make_mesh(shape, ("data", "model"), axis_types=(axis_type,) * 2)
+            params = [
+                {
+                    name: jax.ShapeDtypeStruct(
+                        s, jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(*spec))
+                    )
+                    for name, (s, spec) in SHARDED_LAYER.items()
+                }
+                for _ in range(8)
+            ]
+            for label, tx in [
+                ("adam", optadam.adam(1e-3)),
+                ("zero1(adam)", optadam.sharding.zero1(optadam.adam(1e-3), mesh)),
+            ]:
+                held = optadam.sharding.per_device_state_bytes(
+                    optadam.sharding.abstract_state(tx, params)
+                )
+                mib = max(held.values()) / 2**20
+                rows.append({"axes": axis_type.name, "mesh": f"{shape[0]}x{shape[1]}",
+                             "optimizer": label, "MiB_per_device": mib})  # fmt: skip
+    return rows
+
+
+def run_state_sharding(out: Path) -> int:
+    if DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {DEVICES_FLAG}"}
+        command = [sys.executable, "-m", "optadam.bench", "--state-sharding", "--out", str(out)]
+        return subprocess.run(command, env=env, check=False).returncode
+    rows = state_sharding_report()
+    for row in rows:
+        print(f"{row['axes']:8} mesh {row['mesh']}  {row['optimizer']:12} "
+              f"{row['MiB_per_device']:8.1f} MiB per device")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"state_sharding": rows}, indent=1))
+    print(f"\nresults written to {out}")
+    return 0
+
+
 def table(results: list[Result]) -> str:
     header = ["case", "optimizer", "contender", "params", "compile s", "step ms", "GB/s",
               "roofline", "state B/param"]  # fmt: skip
@@ -264,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="tiny cases, few rounds: a smoke run")
     parser.add_argument(
+        "--state-sharding",
+        action="store_true",
+        help="report per-device optimizer state bytes with and without ZeRO-1 (8 CPU devices)",
+    )
+    parser.add_argument(
         "--cases", default=None, help="comma-separated subset of: big_leaf,resnet50,gpt2,many_small"
     )
     parser.add_argument(
@@ -278,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("optadam-bench.json"), help="JSON results file"
     )
     args = parser.parse_args(argv)
+    if args.state_sharding:
+        return run_state_sharding(args.out)
     all_cases = cases(args.quick)
     chosen = args.cases.split(",") if args.cases else list(all_cases)
     optimizers = args.optimizers.split(",")

@@ -43,3 +43,13 @@ def test_unknown_case_is_a_usage_error(capsys):
         bench.main(["--quick", "--cases", "nope"])
     assert exit_.value.code == 2
     assert "unknown case nope; choose from big_leaf" in capsys.readouterr().err
+
+
+def test_state_sharding_report_shows_zero1_cutting_per_device_state(tmp_path):
+    """Runs in a child process with 8 host devices; shapes only, nothing allocated."""
+    out = tmp_path / "sharding.json"
+    assert bench.main(["--state-sharding", "--out", str(out)]) == 0
+    rows = {(r["axes"], r["mesh"], r["optimizer"]): r["MiB_per_device"]
+            for r in json.loads(out.read_text())["state_sharding"]}  # fmt: skip
+    plain, zero1 = rows["Explicit", "8x1", "adam"], rows["Explicit", "8x1", "zero1(adam)"]
+    assert zero1 == pytest.approx(plain / 8, rel=0.01)  # moments split over the 8-way data axis
