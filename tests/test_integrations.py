@@ -8,6 +8,7 @@ without the interruption / the vmap. The README's "Integrations" section shows t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,28 @@ def test_vmapped_sweep_over_learning_rates_and_betas_equals_separate_runs(name: 
         np.testing.assert_allclose(swept_losses[i], losses, rtol=SWEEP_RTOL)
     # and the sweep did sweep: larger steps got further within the run
     assert float(swept_losses[0, -1]) > float(swept_losses[-1, -1])
+
+
+# --- the README's Integrations section runs as written -----------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = README.read_text().split("\n## Integrations\n", 1)[-1].split("\n## ", 1)[0]
+# Each pattern is a bold title, some prose, then its code block.
+SNIPPETS = {
+    title: code
+    for title, _, code in re.findall(r"\*\*([^*]+?)\*\*(.*?)```python\n(.*?)```", SECTION, re.S)
+}
+
+
+def test_readme_shows_every_integration() -> None:
+    for name in ("Flax NNX", "Flax Linen", "Equinox", "orbax-checkpoint", "hyperparameter sweep"):
+        assert any(name in title for title in SNIPPETS), (name, list(SNIPPETS))
+
+
+@pytest.mark.parametrize("title", list(SNIPPETS))
+def test_readme_integration_snippet_runs(title: str) -> None:
+    namespace: dict[str, Any] = {}
+    exec(SNIPPETS[title], namespace)
+    for value in ("loss", "final_losses"):
+        if value in namespace:
+            assert np.all(np.isfinite(np.asarray(namespace[value])))
