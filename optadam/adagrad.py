@@ -85,6 +85,14 @@ def adagrad(
       initial_accumulator_value: s_0, default 0.1.
       eps: ε, default 1e-7.
       nu_dtype: storage dtype of the accumulated squares.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> tx = optadam.adagrad(learning_rate=0.1, initial_accumulator_value=0.0, eps=0.0)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> updates, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params))
+      >>> optax.apply_updates(params, updates)  # s_1 = g², so the first step is η·sign(g)
+      Array([0.9, 2.1], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     return optax.chain(

@@ -266,6 +266,14 @@ def adamw(
       mask: a pytree of bools (or a callable of the params returning one) selecting the leaves to
         decay, as in ``optax.add_decayed_weights``.
       The others: as in :func:`adam`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> tx = optadam.adamw(learning_rate=0.1, weight_decay=0.5)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> updates, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params), params)
+      >>> optax.apply_updates(params, updates)  # η·(sign(g) + λ·x): decay is not rescaled
+      Array([0.85, 2.0], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     _checks.scalar_or_schedule("weight_decay", weight_decay)
@@ -293,6 +301,14 @@ def amsgrad(
     ``x_t = x_{t-1} − η · m̂_t / (sqrt(v_max_t + eps_root) + eps)`` with
     ``v_max_t = max(v_max_{t-1}, v̂_t)``; see :func:`scale_by_amsgrad`. A drop-in for
     ``optax.amsgrad``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> tx = optadam.amsgrad(learning_rate=0.1)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> updates, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params))
+      >>> optax.apply_updates(params, updates)  # like Adam's, the first step is about η·sign(g)
+      Array([0.9, 2.1], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     return optax.chain(

@@ -119,6 +119,17 @@ def momentum(
       learning_rate: η, a number, an array, or a schedule.
       beta: β, the momentum, in [0, 1), default 0.9.
       nesterov: use Nesterov's look-ahead ``u_t = g_t + β · v_t``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> tx = optadam.momentum(learning_rate=0.1, beta=0.9)
+      >>> params, grads = jnp.array([1.0, 2.0]), jnp.array([1.0, -2.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(2):  # a constant gradient: steps of η·g, then η·(1 + β)·g
+      ...     updates, state = tx.update(grads, state)
+      ...     params = optax.apply_updates(params, updates)
+      >>> params
+      Array([0.71, 2.58], dtype=float32)
     """
     _checks.in_unit_interval("beta", beta)
     return sgd(learning_rate, momentum=beta, nesterov=nesterov)

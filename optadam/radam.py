@@ -111,6 +111,14 @@ def radam(
       b1: β1, default 0.9.  b2: β2, default 0.999.  eps: default 1e-8.  eps_root: default 0.
       threshold: default 5 (as optax; the paper uses 4).
       nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_radam`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> tx = optadam.radam(learning_rate=0.1)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> updates, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params))
+      >>> optax.apply_updates(params, updates).round(6)  # ρ_1 < 5: a momentum step, η·m̂ = η·g
+      Array([0.9, 2.2], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     return optax.chain(

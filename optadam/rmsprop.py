@@ -141,6 +141,14 @@ def rmsprop(
       nesterov: Nesterov's look-ahead for that momentum.
       bias_correction: divide the moving averages by 1 − ρ^t.
       nu_dtype: storage dtype of ν.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optadam
+      >>> tx = optadam.rmsprop(learning_rate=0.1, decay=0.9, eps=0.0)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> updates, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params))
+      >>> optax.apply_updates(params, updates)  # ν_1 = 0.1·g²: a first step of η/√0.1 ≈ 3.16·η
+      Array([0.6837722, 2.3162277], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     _checks.optional_unit_interval("momentum", momentum)
