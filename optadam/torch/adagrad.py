@@ -1,0 +1,125 @@
+r"""torch.optim.Adagrad: with learning-rate decay, an initial accumulator and weight decay.
+
+torch 2.13's ``_single_tensor_adagrad``, per parameter, with γ = lr, η = lr_decay, λ =
+weight_decay and t = torch's ``step`` (1 at the first step)::
+
+    g_t = −∇f(θ_{t-1})  if maximize  else  ∇f(θ_{t-1})
+    g_t = g_t + λ·θ_{t-1}                    if λ ≠ 0
+    γ̃_t = γ / (1 + (t − 1)·η)                torch's clr
+    s_t = s_{t-1} + g_t²                     sum, s_0 = initial_accumulator_value
+    θ_t = θ_{t-1} − γ̃_t · g_t / (√s_t + ε)
+
+γ̃_t is a schedule of the step count t − 1, so lr_decay is folded into the learning rate. The
+direction differs from :func:`optadam.scale_by_adagrad` (and optax), which put ε inside the root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _checks, _dtypes
+from optadam._leafwise import full_like, map_leaves
+from optadam.adagrad import ScaleByAdagradState
+from optadam.torch._common import (
+    TorchOptimizer,
+    check_lr,
+    check_switches,
+    coupled_decay,
+    learning_rate,
+    negate,
+    torch_optimizer,
+    value_at,
+)
+
+
+def scale_by_adagrad(
+    initial_accumulator_value: jax.typing.ArrayLike, eps: jax.typing.ArrayLike
+) -> optax.GradientTransformation:
+    r"""torch's Adagrad direction: ``s_t = s_{t-1} + g_t²``, ``u_t = g_t / (√s_t + ε)``.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`optadam.ScaleByAdagradState`.
+    """
+
+    def init_fn(params: optax.Params) -> ScaleByAdagradState:
+        return ScaleByAdagradState(
+            sum_of_squares=full_like(params, initial_accumulator_value, _dtypes.second_moment_dtype)
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByAdagradState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ScaleByAdagradState]:
+        del params
+
+        def step(g: Any, s: Any) -> tuple[Any, ...]:
+            s = s + g * g
+            return g / (jnp.sqrt(s) + eps), s
+
+        updates, sum_of_squares = map_leaves(step, updates, state.sum_of_squares)
+        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def Adagrad(  # noqa: N802 (torch.optim's class name)
+    lr: optax.ScalarOrSchedule = 1e-2,
+    lr_decay: jax.typing.ArrayLike = 0,
+    weight_decay: jax.typing.ArrayLike = 0,
+    initial_accumulator_value: jax.typing.ArrayLike = 0,
+    eps: jax.typing.ArrayLike = 1e-10,
+    foreach: bool | None = None,
+    *,
+    maximize: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> TorchOptimizer:
+    r"""torch.optim.Adagrad, same arguments and defaults (less ``params``), see the module.
+
+    ``torch.optim.Adagrad(model.parameters(), lr=0.05, lr_decay=1e-4)`` becomes
+    ``optadam.torch.Adagrad(lr=0.05, lr_decay=1e-4)``.
+
+    Args:
+      lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
+        step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`). lr_decay
+        divides it, schedule or not.
+      lr_decay: η, >= 0.
+      weight_decay: λ (coupled: added to the gradient), >= 0.
+      initial_accumulator_value: s_0, >= 0.
+      eps: ε, added to the root (outside it), >= 0.
+      maximize: ascend the objective.
+      foreach, differentiable, fused: torch implementation switches; accepted, no effect.
+    """
+    param_group = {
+        "lr": lr,
+        "lr_decay": lr_decay,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "initial_accumulator_value": initial_accumulator_value,
+        "foreach": foreach,
+        "maximize": maximize,
+        "differentiable": differentiable,
+        "fused": fused,
+    }
+    check_lr(lr)
+    _checks.non_negative("lr_decay", lr_decay)
+    _checks.non_negative("weight_decay", weight_decay)
+    _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
+    _checks.non_negative("eps", eps)
+    _checks.boolean("maximize", maximize)
+    check_switches(foreach=foreach, differentiable=differentiable, fused=fused)
+
+    def decayed_lr(count: Any) -> Any:  # count = t − 1
+        return value_at(lr, count) / (1 + count * lr_decay)
+
+    return torch_optimizer(
+        "Adagrad",
+        param_group,
+        negate(maximize),
+        coupled_decay(weight_decay),
+        scale_by_adagrad(initial_accumulator_value, eps),
+        learning_rate(decayed_lr),
+    )
