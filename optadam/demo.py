@@ -43,7 +43,7 @@ import optax
 
 import optadam
 
-DEFAULT_STEPS = 2000  # the whole demo, imports and compiles included: ~15 s on 2 CPU cores
+DEFAULT_STEPS = 2000  # the whole demo, imports and compiles included: ~20 s on 2 CPU cores
 DEFAULT_OUT = Path("optadam-demo.png")
 SEED = 0  # one seed for the digits split, the MLP's initial weights and its minibatches
 ROSENBROCK_START, ROSENBROCK_OPTIMUM = (-1.2, 1.0), (1.0, 1.0)

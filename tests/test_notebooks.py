@@ -22,7 +22,7 @@ MAX_BYTES = 300_000  # committed with small outputs, so the repository and its d
 
 def test_the_teaching_notebooks_are_all_there() -> None:
     names = [path.stem for path in NOTEBOOKS]
-    for prefix in ("01-", "02-", "03-"):
+    for prefix in ("01-", "02-", "03-", "04-"):
         assert any(name.startswith(prefix) for name in names), names
 
 
