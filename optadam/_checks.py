@@ -104,3 +104,44 @@ def boolean(name: str, value: Any) -> None:
     """Structural switches (nesterov, centered, ...) change the program: they must be bools."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def lean_state(state_bits: Any, block_size: Any, stochastic_rounding: Any, **dtypes: Any) -> int:
+    """The lean-state options (see ``optadam._quantize``) and that they make sense together;
+    returns the block size (``None``: 256, the default).
+
+    ``block_size`` defaults to None, not 256, so that ``inject_hyperparams`` (which turns every
+    numeric argument into a traced hyperparameter) leaves it alone. ``dtypes`` are the moment dtype
+    options (``mu_dtype=...``): with ``state_bits=8`` the moments are 8-bit codes (small leaves in
+    float32), so a dtype would be silently ignored.
+    """
+    for name, value in (("state_bits", state_bits), ("block_size", block_size)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | np.integer)
+        ):
+            raise TypeError(
+                f"{name} chooses the state's layout and must be a Python int, got {value!r} "
+                "(with inject_hyperparams, pass static_args=('state_bits', 'block_size'))"
+            )
+    if state_bits is not None and state_bits != 8:
+        raise ValueError(
+            "state_bits must be None (moments stored as floats) or 8 (block-wise 8-bit), "
+            f"got {state_bits}"
+        )
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    boolean("stochastic_rounding", stochastic_rounding)
+    if state_bits is not None:
+        for name, dtype in dtypes.items():
+            if dtype is not None:
+                raise ValueError(
+                    f"{name} cannot be combined with state_bits=8: moments are stored as 8-bit "
+                    "codes (leaves under 4,096 elements in float32); pass one or the other"
+                )
+        if stochastic_rounding:
+            raise ValueError(
+                "stochastic_rounding rounds moments stored in bfloat16; with state_bits=8 there "
+                "are none (8-bit second moments are always rounded stochastically, first moments "
+                "to nearest): pass one or the other"
+            )
+    return 256 if block_size is None else int(block_size)

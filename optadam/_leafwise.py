@@ -6,7 +6,11 @@ Each optimizer writes its update as a plain function of arrays,
 * checks that the gradients have the state's tree structure and leaf shapes, and names the first
   mismatching path if not (instead of a deep JAX traceback);
 * lifts every input to at least float32 and rounds every output once, to its storage dtype (the
-  update to the gradient's dtype, each moment to its own) -- see :mod:`optadam._dtypes`;
+  update to the gradient's dtype, each moment to its own) -- see :mod:`optadam._dtypes`; moments
+  stored as 8-bit codes (:class:`optadam._quantize.QuantizedArray`) are dequantized on the way in
+  and requantized on the way out, so ``step`` only ever sees float arrays and the whole update
+  stays one jitted computation; given a ``rounding_seed``, bfloat16 moments are rounded
+  stochastically (8-bit second moments always are, and need it);
 * lets ``None`` gradient leaves through (no update, state kept as it was) and, since it only visits
   leaves, leaves ``optax.MaskedNode`` and empty subtrees alone.
 
@@ -24,11 +28,17 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optadam import _dtypes
+from optadam import _dtypes, _quantize
+from optadam._quantize import QuantizedArray
 
 
 def _is_none(x: Any) -> bool:
     return x is None
+
+
+def _is_state_leaf(x: Any) -> bool:
+    """A state tree's leaves, matched one to one with the gradients' leaves."""
+    return x is None or isinstance(x, QuantizedArray)
 
 
 def zeros_like(params: optax.Params, dtype_of: Callable[[Any], Any]) -> optax.Params:
@@ -94,7 +104,7 @@ def _shape(x: Any) -> Any:
 def _mismatch(grads: Any, state: Any) -> ValueError:
     """An error naming the first leaf path where the gradients and the state disagree."""
     g_paths, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_none)
-    s_paths, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_none)
+    s_paths, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_state_leaf)
     for (g_path, g), (s_path, s) in zip(g_paths, s_paths, strict=False):
         g_key, s_key = jax.tree_util.keystr(g_path), jax.tree_util.keystr(s_path)
         if g_key != s_key:
@@ -123,24 +133,44 @@ def _mismatch(grads: Any, state: Any) -> ValueError:
 
 
 def _flatten_like(treedef: Any, grads: Any, state: Any) -> list[Any]:
-    leaves, state_def = jax.tree.flatten(state, is_leaf=_is_none)
+    leaves, state_def = jax.tree.flatten(state, is_leaf=_is_state_leaf)
     if state_def != treedef:
         raise _mismatch(grads, state)
     return leaves
 
 
 def _lift(x: Any) -> Any:
+    """A gradient or stored moment as the float array the math runs on (>= float32)."""
+    if isinstance(x, QuantizedArray):
+        return _quantize.dequantize(x)
     return x.astype(_dtypes.compute_dtype(x.dtype))
 
 
+def _store(value: Any, like: Any, seed: jax.Array | None) -> Any:
+    """A result rounded once, to the storage of ``like`` (the leaf it replaces)."""
+    if isinstance(like, QuantizedArray):
+        return _quantize.quantize(value, like.moment, like.block_size, seed)
+    if seed is not None and like.dtype == jnp.bfloat16:
+        return _quantize.round_stochastic_bf16(value, seed)
+    return value.astype(like.dtype)
+
+
 def map_leaves(
-    step: Callable[..., Sequence[jax.Array]], grads: optax.Updates, *states: optax.Params
+    step: Callable[..., Sequence[jax.Array]],
+    grads: optax.Updates,
+    *states: optax.Params,
+    rounding_seed: jax.Array | None = None,
 ) -> tuple[Any, ...]:
-    """Apply ``step(g, *s) -> (u, *s_new)`` leaf by leaf; return ``(updates, *new_states)``."""
+    """Apply ``step(g, *s) -> (u, *s_new)`` leaf by leaf; return ``(updates, *new_states)``.
+
+    ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding,
+    mixed with each leaf's and moment's position: moments stored in bfloat16 are then rounded
+    stochastically, and 8-bit second moments need it.
+    """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=_is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
-    for g, *s in zip(g_leaves, *s_leaves, strict=True):
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         if g is None:  # no gradient for this leaf: no update, state unchanged
             outs: Sequence[Any] = (None, *s)
         else:
@@ -148,8 +178,13 @@ def map_leaves(
                 if x is None or jnp.shape(x) != jnp.shape(g):
                     raise _mismatch(grads, state)
             g = jnp.asarray(g)
-            results = step(_lift(g), *(_lift(x) for x in s))
-            outs = [r.astype(like.dtype) for r, like in zip(results, (g, *s), strict=True)]
+            update, *moments = step(_lift(g), *(_lift(x) for x in s))
+            seeds = [
+                None if rounding_seed is None else _quantize.fold_seed(rounding_seed, i, j)
+                for j in range(len(s))
+            ]
+            stored = [_store(*args) for args in zip(moments, s, seeds, strict=True)]
+            outs = [update.astype(g.dtype), *stored]
         for column, out in zip(columns, outs, strict=True):
             column.append(out)
     return tuple(jax.tree.unflatten(treedef, column) for column in columns)

@@ -6,6 +6,9 @@ often-updated parameters slow down and rarely-updated ones keep large steps::
     s_t = s_{t-1} + |g_t|²                  s_0 = initial_accumulator_value
     u_t = g_t / sqrt(s_t + ε)               (0 where s_t = 0)
     x_t = x_{t-1} − η · u_t
+
+A sum only grows, so a bfloat16 ``sum_of_squares`` (``nu_dtype``) stops changing once |g|² falls
+under half its ulp; ``stochastic_rounding=True`` keeps it unbiased (see ``optadam._quantize``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes
-from optadam._leafwise import abs_sq, full_like, map_leaves
+from optadam import _checks, _dtypes, _quantize
+from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -25,6 +28,7 @@ class ScaleByAdagradState(NamedTuple):
     """State of :func:`scale_by_adagrad`."""
 
     sum_of_squares: optax.Params  # s_t: running sum of |g|², real, at least float32 by default
+    count: jax.Array | None = None  # type: ignore[assignment]  # steps so far, int32; only with stochastic_rounding (its seed)
 
 
 def scale_by_adagrad(
@@ -32,6 +36,7 @@ def scale_by_adagrad(
     eps: jax.typing.ArrayLike = 1e-7,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     r"""Divide gradients by the root of their accumulated squares: ``u_t = g_t / sqrt(s_t + ε)``.
 
@@ -39,6 +44,8 @@ def scale_by_adagrad(
       initial_accumulator_value: s_0, >= 0.
       eps: ε inside the root, >= 0.
       nu_dtype: storage dtype of ``sum_of_squares``; default: params' real dtype, at least float32.
+      stochastic_rounding: round a bfloat16 ``sum_of_squares`` up or down at random, unbiasedly;
+        the state then keeps a step count to seed the bits (reproducible).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdagradState`.
@@ -46,6 +53,7 @@ def scale_by_adagrad(
     _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
     _checks.non_negative("eps", eps)
     nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+    _checks.boolean("stochastic_rounding", stochastic_rounding)
 
     def init_fn(params: optax.Params) -> ScaleByAdagradState:
         return ScaleByAdagradState(
@@ -53,7 +61,8 @@ def scale_by_adagrad(
                 params,
                 initial_accumulator_value,
                 lambda d: _dtypes.second_moment_dtype(d, nu_dtype),
-            )
+            ),
+            count=zero_count(params) if stochastic_rounding else None,
         )
 
     def update_fn(
@@ -65,8 +74,12 @@ def scale_by_adagrad(
             s = s + abs_sq(g)
             return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g, s
 
-        updates, sum_of_squares = map_leaves(step, updates, state.sum_of_squares)
-        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
+        t = None if state.count is None else safe_increment(state.count)
+        rounding = None if t is None else _quantize.rounding_seed(t, "adagrad")
+        updates, sum_of_squares = map_leaves(
+            step, updates, state.sum_of_squares, rounding_seed=rounding
+        )
+        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares, count=t)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -77,6 +90,7 @@ def adagrad(
     eps: jax.typing.ArrayLike = 1e-7,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdaGrad: ``x_t = x_{t-1} − η · g_t / sqrt(s_t + ε)``. A drop-in for ``optax.adagrad``.
 
@@ -85,6 +99,7 @@ def adagrad(
       initial_accumulator_value: s_0, default 0.1.
       eps: ε, default 1e-7.
       nu_dtype: storage dtype of the accumulated squares.
+      stochastic_rounding: unbiased rounding of bfloat16 accumulated squares.
 
     Example:
       >>> import jax.numpy as jnp, optax, optadam
@@ -96,6 +111,11 @@ def adagrad(
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     return optax.chain(
-        scale_by_adagrad(initial_accumulator_value, eps, nu_dtype=nu_dtype),
+        scale_by_adagrad(
+            initial_accumulator_value,
+            eps,
+            nu_dtype=nu_dtype,
+            stochastic_rounding=stochastic_rounding,
+        ),
         scale_by_learning_rate(learning_rate),
     )

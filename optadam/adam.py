@@ -11,6 +11,12 @@ step size per parameter), and corrects both for their start at zero::
     u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)         the step direction; the learning rate scales it
 
 In code ``mu`` is m, ``nu`` is v and ``count`` is t.
+
+**Lean state.** ``state_bits=8`` stores m and v as block-wise 8-bit codes (Dettmers et al., 2022,
+"8-bit Optimizers via Block-wise Quantization"; see ``optadam._quantize``): about 2 bytes per
+parameter instead of 8, and the update above is unchanged -- each step dequantizes m_{t-1} and
+v_{t-1}, computes in float32, and requantizes m_t and v_t. ``mu_dtype``/``nu_dtype=jnp.bfloat16``
+store them in 4 bytes, rounded to nearest or, with ``stochastic_rounding=True``, unbiasedly.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes
-from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count, zeros_like
+from optadam import _checks, _dtypes, _quantize
+from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -30,8 +36,8 @@ class ScaleByAdamState(NamedTuple):
     """State of :func:`scale_by_adam` and :func:`optadam.scale_by_radam`."""
 
     count: jax.Array  # type: ignore[assignment]  # t: steps so far, int32, saturating
-    mu: optax.Updates  # m_t: EMA of gradients, in the params' dtype unless mu_dtype
-    nu: optax.Updates  # v_t: EMA of |g|², real, at least float32 unless nu_dtype
+    mu: optax.Updates  # m_t: EMA of gradients, in the params' dtype unless mu_dtype / state_bits
+    nu: optax.Updates  # v_t: EMA of |g|², real, at least float32 unless nu_dtype / state_bits
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -50,10 +56,22 @@ def _check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
     _checks.non_negative("eps_root", eps_root)
 
 
-def init_moments(params: optax.Params, mu_dtype: Any, nu_dtype: Any) -> tuple[Any, Any]:
-    """Zero first and second moments under optadam's dtype policy (see ``optadam._dtypes``)."""
-    mu = zeros_like(params, lambda dtype: _dtypes.first_moment_dtype(dtype, mu_dtype))
-    nu = zeros_like(params, lambda dtype: _dtypes.second_moment_dtype(dtype, nu_dtype))
+def init_moments(
+    params: optax.Params,
+    mu_dtype: Any,
+    nu_dtype: Any,
+    state_bits: Any = None,
+    block_size: Any = None,
+) -> tuple[Any, Any]:
+    """Zero first and second moments under optadam's dtype policy (see ``optadam._dtypes``), or
+    as 8-bit codes with ``state_bits=8`` (see ``optadam._quantize``)."""
+    lean: dict[str, Any] = {"state_bits": state_bits, "block_size": block_size}
+    mu = _quantize.moments_like(
+        params, 0, lambda d: _dtypes.first_moment_dtype(d, mu_dtype), moment=1, **lean
+    )
+    nu = _quantize.moments_like(
+        params, 0, lambda d: _dtypes.second_moment_dtype(d, nu_dtype), moment=2, **lean
+    )
     return mu, nu
 
 
@@ -66,6 +84,9 @@ def scale_by_adam(
     *,
     nesterov: bool = False,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescale gradients by Adam's bias-corrected moment estimates (Kingma & Ba, 2015, Alg. 1).
 
@@ -83,6 +104,12 @@ def scale_by_adam(
       mu_dtype: storage dtype of ``mu``; default: the params' dtype.
       nesterov: use NAdam's look-ahead first moment.
       nu_dtype: storage dtype of ``nu``; default: the params' real dtype, but at least float32.
+      state_bits: 8 stores ``mu`` and ``nu`` as block-wise 8-bit codes, about 2 bytes per
+        parameter instead of 8 (leaves under 4,096 elements stay float32); None (default): floats
+        in ``mu_dtype``/``nu_dtype``.
+      block_size: elements per 8-bit block (each has one float32 scale); None (default): 256.
+      stochastic_rounding: round moments stored in bfloat16 up or down at random, unbiasedly
+        (reproducible: the bits come from the step count), instead of to nearest.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
@@ -91,9 +118,12 @@ def scale_by_adam(
     _checks.boolean("nesterov", nesterov)
     mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
     nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+    block_size = _checks.lean_state(
+        state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
         return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
 
     def update_fn(
@@ -111,7 +141,10 @@ def scale_by_adam(
             nu_hat = nu / c2
             return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu, nu
 
-        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu)
+        # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
+        seeded = stochastic_rounding or state_bits is not None
+        rounding = _quantize.rounding_seed(t, "adam") if seeded else None
+        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu, rounding_seed=rounding)
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -127,6 +160,9 @@ def scale_by_amsgrad(
     bias_correction_nu: bool = True,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescale gradients by AMSGrad's non-increasing second moment (Reddi et al., 2018).
 
@@ -143,6 +179,8 @@ def scale_by_amsgrad(
       b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam`.
       bias_correction_mu: divide m_t by (1 − β1^t).
       bias_correction_nu: divide v_t by (1 − β2^t) before taking the maximum.
+      state_bits, block_size, stochastic_rounding: as in :func:`scale_by_adam` (8 bits store
+        ``nu_max`` as codes too).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAmsgradState`.
@@ -152,9 +190,12 @@ def scale_by_amsgrad(
     _checks.boolean("bias_correction_nu", bias_correction_nu)
     mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
     nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+    block_size = _checks.lean_state(
+        state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
 
     def init_fn(params: optax.Params) -> ScaleByAmsgradState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
         return ScaleByAmsgradState(count=zero_count(params), mu=mu, nu=nu, nu_max=nu)
 
     def update_fn(
@@ -172,7 +213,12 @@ def scale_by_amsgrad(
             nu_max = jnp.maximum(nu_max, nu / c2)
             return mu_hat / (jnp.sqrt(nu_max + eps_root) + eps), mu, nu, nu_max
 
-        updates, mu, nu, nu_max = map_leaves(step, updates, state.mu, state.nu, state.nu_max)
+        # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
+        seeded = stochastic_rounding or state_bits is not None
+        rounding = _quantize.rounding_seed(t, "amsgrad") if seeded else None
+        updates, mu, nu, nu_max = map_leaves(
+            step, updates, state.mu, state.nu, state.nu_max, rounding_seed=rounding
+        )
         return updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -188,6 +234,9 @@ def adam(
     *,
     nesterov: bool = False,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam (Kingma & Ba, 2015): ``x_t = x_{t-1} − η · m̂_t / (sqrt(v̂_t + eps_root) + eps)``.
 
@@ -204,6 +253,8 @@ def adam(
       b1: β1, default 0.9.  b2: β2, default 0.999.  eps: ε outside the root, default 1e-8.
       eps_root: ε inside the root, default 0.  mu_dtype / nu_dtype: moment storage dtypes.
       nesterov: NAdam's look-ahead first moment (see :func:`nadam`).
+      state_bits, block_size, stochastic_rounding: lean moments, see :func:`scale_by_adam`;
+        ``adam(lr, state_bits=8)`` is 8-bit Adam, about 2 bytes of state per parameter.
 
     Example:
       >>> import jax.numpy as jnp, optax, optadam
@@ -215,8 +266,15 @@ def adam(
       Array([ 0.9, -1.9], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
+    lean: dict[str, Any] = {
+        "state_bits": state_bits,
+        "block_size": block_size,
+        "stochastic_rounding": stochastic_rounding,
+    }
     return optax.chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype, **lean
+        ),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -231,6 +289,9 @@ def nadam(
     *,
     nesterov: bool = True,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""NAdam (Dozat, 2016, "Incorporating Nesterov Momentum into Adam"): Adam with look-ahead.
 
@@ -238,7 +299,17 @@ def nadam(
     (whose arguments it takes). A drop-in for ``optax.nadam``.
     """
     return adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        state_bits=state_bits,
+        block_size=block_size,
+        stochastic_rounding=stochastic_rounding,
     )
 
 
@@ -254,6 +325,9 @@ def adamw(
     *,
     nesterov: bool = False,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW (Loshchilov & Hutter, 2019): Adam with weight decay decoupled from the gradient.
 
@@ -277,8 +351,15 @@ def adamw(
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     _checks.scalar_or_schedule("weight_decay", weight_decay)
+    lean: dict[str, Any] = {
+        "state_bits": state_bits,
+        "block_size": block_size,
+        "stochastic_rounding": stochastic_rounding,
+    }
     return optax.chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype, **lean
+        ),
         optax.add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -295,6 +376,9 @@ def amsgrad(
     bias_correction_nu: bool = True,
     *,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AMSGrad (Reddi et al., 2018, "On the Convergence of Adam and Beyond").
 
@@ -321,6 +405,9 @@ def amsgrad(
             bias_correction_mu,
             bias_correction_nu,
             nu_dtype=nu_dtype,
+            state_bits=state_bits,
+            block_size=block_size,
+            stochastic_rounding=stochastic_rounding,
         ),
         scale_by_learning_rate(learning_rate),
     )

@@ -9,6 +9,9 @@ keeps a decaying sum of past gradients, the *trace*, and steps along it instead:
     x_t     = x_{t-1} − η · u_t
 
 With a constant η this is the familiar ``v_t = β · v_{t-1} + η · g_t; x_t = x_{t-1} − v_t``.
+
+The trace can be stored lean: in bfloat16 (``accumulator_dtype``, optionally with stochastic
+rounding) or as block-wise 8-bit codes (``state_bits=8``); see ``optadam._quantize``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from optadam import _checks, _dtypes
-from optadam._leafwise import map_leaves, zeros_like
+from optadam import _checks, _dtypes, _quantize
+from optadam._leafwise import map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -27,12 +30,17 @@ class ScaleByMomentumState(NamedTuple):
     """State of :func:`scale_by_momentum`."""
 
     trace: optax.Params  # decaying sum of past gradients, params' dtype unless accumulator_dtype
+    count: jax.Array | None = None  # type: ignore[assignment]  # steps so far, int32; only with stochastic_rounding (its seed)
 
 
 def scale_by_momentum(
     decay: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
     accumulator_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     r"""Replace gradients by their momentum trace (optax's ``trace`` semantics).
 
@@ -42,7 +50,13 @@ def scale_by_momentum(
     Args:
       decay: β, in [0, 1).
       nesterov: use Nesterov's look-ahead.
-      accumulator_dtype: storage dtype of the trace; default: the params' dtype.
+      accumulator_dtype: storage dtype of the trace (optax's name for ``mu_dtype``); default: the
+        params' dtype.
+      state_bits: 8 stores the trace as block-wise 8-bit codes, about 1 byte per parameter
+        (leaves under 4,096 elements stay float32); None (default): in ``accumulator_dtype``.
+      block_size: elements per 8-bit block (each has one float32 scale); None (default): 256.
+      stochastic_rounding: round a bfloat16 trace up or down at random, unbiasedly; the state
+        then keeps a step count to seed the bits (reproducible).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByMomentumState`.
@@ -50,10 +64,21 @@ def scale_by_momentum(
     _checks.in_unit_interval("decay", decay)
     _checks.boolean("nesterov", nesterov)
     accumulator_dtype = _checks.float_dtype("accumulator_dtype", accumulator_dtype)
+    block_size = _checks.lean_state(
+        state_bits, block_size, stochastic_rounding, accumulator_dtype=accumulator_dtype
+    )
 
     def init_fn(params: optax.Params) -> ScaleByMomentumState:
+        trace = _quantize.moments_like(
+            params,
+            0,
+            lambda d: _dtypes.first_moment_dtype(d, accumulator_dtype),
+            moment=1,
+            state_bits=state_bits,
+            block_size=block_size,
+        )
         return ScaleByMomentumState(
-            trace=zeros_like(params, lambda d: _dtypes.first_moment_dtype(d, accumulator_dtype))
+            trace=trace, count=zero_count(params) if stochastic_rounding else None
         )
 
     def update_fn(
@@ -65,8 +90,10 @@ def scale_by_momentum(
             trace = g + decay * trace
             return (g + decay * trace if nesterov else trace), trace
 
-        updates, trace = map_leaves(step, updates, state.trace)
-        return updates, ScaleByMomentumState(trace=trace)
+        t = None if state.count is None else safe_increment(state.count)
+        rounding = None if t is None else _quantize.rounding_seed(t, "momentum")
+        updates, trace = map_leaves(step, updates, state.trace, rounding_seed=rounding)
+        return updates, ScaleByMomentumState(trace=trace, count=t)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -76,6 +103,10 @@ def sgd(
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any | None = None,
+    *,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Stochastic gradient descent, with optional (Nesterov) momentum. A drop-in for ``optax.sgd``.
 
@@ -87,6 +118,8 @@ def sgd(
       momentum: β in [0, 1), or None for plain gradient descent.
       nesterov: use Nesterov momentum.
       accumulator_dtype: storage dtype of the momentum trace.
+      state_bits, block_size, stochastic_rounding: a lean trace, see :func:`scale_by_momentum`
+        (they need ``momentum``: plain SGD keeps no state).
 
     Example:
       >>> import jax.numpy as jnp, optax, optadam
@@ -98,11 +131,23 @@ def sgd(
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     _checks.optional_unit_interval("momentum", momentum)
+    if momentum is None and (state_bits is not None or stochastic_rounding):
+        raise ValueError(
+            "state_bits and stochastic_rounding store the momentum trace: they need momentum, "
+            "got momentum=None (plain SGD keeps no state)"
+        )
     return optax.chain(
         (
             optax.identity()
             if momentum is None
-            else scale_by_momentum(momentum, nesterov, accumulator_dtype)
+            else scale_by_momentum(
+                momentum,
+                nesterov,
+                accumulator_dtype,
+                state_bits=state_bits,
+                block_size=block_size,
+                stochastic_rounding=stochastic_rounding,
+            )
         ),
         scale_by_learning_rate(learning_rate),
     )

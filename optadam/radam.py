@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks
+from optadam import _checks, _quantize
 from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.adam import ScaleByAdamState, init_moments
@@ -36,6 +36,9 @@ def scale_by_radam(
     nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescale gradients by RAdam's rectified Adam step (see the module docstring).
 
@@ -44,6 +47,8 @@ def scale_by_radam(
       threshold: the ρ_t from which the adaptive step is used (the paper's 4, optax's 5).
       nesterov: NAdam's look-ahead first moment.
       mu_dtype, nu_dtype: moment storage dtypes, as in :func:`optadam.scale_by_adam`.
+      state_bits, block_size, stochastic_rounding: lean moments, as in
+        :func:`optadam.scale_by_adam`.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`optadam.ScaleByAdamState`.
@@ -56,9 +61,12 @@ def scale_by_radam(
     _checks.boolean("nesterov", nesterov)
     mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
     nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+    block_size = _checks.lean_state(
+        state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
         return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
 
     def update_fn(
@@ -84,7 +92,10 @@ def scale_by_radam(
             u = jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
             return u, mu, nu
 
-        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu)
+        # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
+        seeded = stochastic_rounding or state_bits is not None
+        rounding = _quantize.rounding_seed(t, "radam") if seeded else None
+        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu, rounding_seed=rounding)
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -101,6 +112,9 @@ def radam(
     nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RAdam: Adam with its adaptive step rectified early on. A drop-in for ``optax.radam``.
 
@@ -110,7 +124,8 @@ def radam(
       learning_rate: η, a number, an array, or a schedule (a callable of the step count).
       b1: β1, default 0.9.  b2: β2, default 0.999.  eps: default 1e-8.  eps_root: default 0.
       threshold: default 5 (as optax; the paper uses 4).
-      nesterov, mu_dtype, nu_dtype: as in :func:`scale_by_radam`.
+      nesterov, mu_dtype, nu_dtype, state_bits, block_size, stochastic_rounding: as in
+        :func:`scale_by_radam`.
 
     Example:
       >>> import jax.numpy as jnp, optax, optadam
@@ -131,6 +146,9 @@ def radam(
             nesterov=nesterov,
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
+            state_bits=state_bits,
+            block_size=block_size,
+            stochastic_rounding=stochastic_rounding,
         ),
         scale_by_learning_rate(learning_rate),
     )

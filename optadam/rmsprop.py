@@ -9,7 +9,9 @@ adapts per parameter but, unlike AdaGrad, old gradients are forgotten::
     u_t = g_t / sqrt(var + ε)                   or g_t / (sqrt(var) + ε) with eps_in_sqrt=False
     x_t = x_{t-1} − η · u_t
 
-In code ``nu`` is ν, ``mu`` is μ.
+In code ``nu`` is ν, ``mu`` is μ. The moments (and a momentum trace) can be stored lean: in
+bfloat16 (``mu_dtype``/``nu_dtype``, optionally with stochastic rounding) or as block-wise 8-bit
+codes (``state_bits=8``); see ``optadam._quantize``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes
-from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zero_count, zeros_like
+from optadam import _checks, _dtypes, _quantize
+from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.momentum import scale_by_momentum
 
@@ -29,7 +31,8 @@ from optadam.momentum import scale_by_momentum
 class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`. Fields a variant does not use are None (no memory)."""
 
-    count: jax.Array | None  # type: ignore[assignment]  # t, int32; only with bias_correction
+    # t, int32: only with bias_correction, or to seed stochastic rounding (see scale_by_rms)
+    count: jax.Array | None  # type: ignore[assignment]
     mu: optax.Updates | None  # μ_t: EMA of gradients; only when centered
     nu: optax.Updates  # ν_t: EMA of |g|², real, at least float32 unless nu_dtype
 
@@ -44,6 +47,9 @@ def scale_by_rms(
     centered: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformation:
     r"""Divide gradients by the root of their moving mean square (or variance, when centered).
 
@@ -58,6 +64,12 @@ def scale_by_rms(
       centered: subtract the squared mean gradient (Graves, 2013).
       mu_dtype: storage dtype of μ (centered only); default: the params' dtype.
       nu_dtype: storage dtype of ν; default: params' real dtype, at least float32.
+      state_bits: 8 stores ν (and μ) as block-wise 8-bit codes (leaves under 4,096 elements stay
+        float32); None (default): in ``nu_dtype``/``mu_dtype``.
+      block_size: elements per 8-bit block (each has one float32 scale); None (default): 256.
+      stochastic_rounding: round bfloat16 moments up or down at random, unbiasedly. The state keeps
+        the step count (to seed the bits) with this or ``state_bits``, even without
+        bias_correction.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByRmsState`.
@@ -73,15 +85,29 @@ def scale_by_rms(
         _checks.boolean(name, flag)
     mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
     nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
+    block_size = _checks.lean_state(
+        state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )
+    lean: dict[str, Any] = {"state_bits": state_bits, "block_size": block_size}
+    # The step count seeds bfloat16 stochastic rounding and the 8-bit ν's (always stochastic).
+    seeded = stochastic_rounding or state_bits is not None
 
     def scale(var: jax.Array) -> jax.Array:
         return jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
 
     def init_fn(params: optax.Params) -> ScaleByRmsState:
-        nu = full_like(params, initial_scale, lambda d: _dtypes.second_moment_dtype(d, nu_dtype))
-        mu = zeros_like(params, lambda d: _dtypes.first_moment_dtype(d, mu_dtype))
+        nu = _quantize.moments_like(
+            params,
+            initial_scale,
+            lambda d: _dtypes.second_moment_dtype(d, nu_dtype),
+            moment=2,
+            **lean,
+        )
+        mu = _quantize.moments_like(
+            params, 0, lambda d: _dtypes.first_moment_dtype(d, mu_dtype), moment=1, **lean
+        )
         return ScaleByRmsState(
-            count=zero_count(params) if bias_correction else None,
+            count=zero_count(params) if bias_correction or seeded else None,
             mu=mu if centered else None,
             nu=nu,
         )
@@ -91,7 +117,10 @@ def scale_by_rms(
     ) -> tuple[optax.Updates, ScaleByRmsState]:
         del params
         t = None if state.count is None else safe_increment(state.count)
-        c = 1 if t is None else 1 - decay**t  # bias correction, once per step
+        c = 1 - decay**t if t is not None and bias_correction else 1  # bias correction, once
+        rounding = None
+        if t is not None and seeded:
+            rounding = _quantize.rounding_seed(t, "rms")
 
         def plain_step(g: Any, nu: Any) -> tuple[Any, ...]:
             nu = decay * nu + (1 - decay) * abs_sq(g)
@@ -104,10 +133,13 @@ def scale_by_rms(
             # root NaN, where the variance is really 0.
             return scale(jnp.maximum(nu / c - abs_sq(mu / c), 0)) * g, mu, nu
 
+        mu = None
         if centered:
-            updates, mu, nu = map_leaves(centered_step, updates, state.mu, state.nu)
+            updates, mu, nu = map_leaves(
+                centered_step, updates, state.mu, state.nu, rounding_seed=rounding
+            )
         else:
-            (updates, nu), mu = map_leaves(plain_step, updates, state.nu), None
+            updates, nu = map_leaves(plain_step, updates, state.nu, rounding_seed=rounding)
         return updates, ScaleByRmsState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -124,7 +156,11 @@ def rmsprop(
     nesterov: bool = False,
     bias_correction: bool = False,
     *,
-    nu_dtype: Any | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    state_bits: int | None = None,
+    block_size: int | None = None,
+    stochastic_rounding: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp, plain, centered, or with momentum. A drop-in for ``optax.rmsprop``.
 
@@ -140,7 +176,10 @@ def rmsprop(
       momentum: β for a momentum trace after the scaling, or None.
       nesterov: Nesterov's look-ahead for that momentum.
       bias_correction: divide the moving averages by 1 − ρ^t.
+      mu_dtype: storage dtype of μ (centered) and of the momentum trace; default: params' dtype.
       nu_dtype: storage dtype of ν.
+      state_bits, block_size, stochastic_rounding: lean moments (ν, μ and the momentum trace),
+        see :func:`scale_by_rms`; ``rmsprop(lr, state_bits=8)`` keeps about 1 byte per parameter.
 
     Example:
       >>> import jax.numpy as jnp, optax, optadam
@@ -152,6 +191,16 @@ def rmsprop(
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
     _checks.optional_unit_interval("momentum", momentum)
+    lean: dict[str, Any] = {
+        "state_bits": state_bits,
+        "block_size": block_size,
+        "stochastic_rounding": stochastic_rounding,
+    }
+    trace = (
+        optax.identity()
+        if momentum is None
+        else scale_by_momentum(momentum, nesterov, mu_dtype, **lean)
+    )
     return optax.chain(
         scale_by_rms(
             decay,
@@ -160,8 +209,10 @@ def rmsprop(
             eps_in_sqrt,
             bias_correction,
             centered=centered,
+            mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
+            **lean,
         ),
         scale_by_learning_rate(learning_rate),
-        optax.identity() if momentum is None else scale_by_momentum(momentum, nesterov),
+        trace,
     )
