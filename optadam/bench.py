@@ -7,11 +7,13 @@ all of them alike; the median over rounds is reported. A plain streaming kernel 
 12 bytes per element) is timed in the same rounds and serves as the memory-bandwidth roofline.
 
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
-Contenders: optadam and optax for sgd+momentum, rmsprop, adam, adamw; torch.optim (foreach, and
-fused where torch has it) when torch is installed.
+Contenders: optadam and optax for sgd+momentum, rmsprop, adam, adamw; for adam also optadam's lean
+states, 8-bit moments (``state_bits=8``) and bfloat16 moments with stochastic rounding; torch.optim
+(foreach, and fused where torch has it) when torch is installed.
 
 Per contender it reports: compile time, median step time, effective GB/s (the bytes an ideal
-one-pass update must move: Adam reads p, g, m, v and writes p, m, v -- 28 B/param in float32),
+one-pass update must move: Adam reads p, g, m, v and writes p, m, v -- 28 B/param in float32,
+16 with 8-bit moments, 20 with bfloat16 ones),
 that as a fraction of the roofline, and optimizer-state bytes per parameter. ``--quick`` shrinks
 everything for a smoke run (the test suite runs it); its timings mean nothing.
 
@@ -46,13 +48,23 @@ Shapes = dict[str, tuple[int, ...]]
 
 # Arrays an ideal single-pass update reads and writes per parameter (p, g and each moment).
 ARRAYS_MOVED = {"sgd_momentum": 5, "rmsprop": 5, "adam": 7, "adamw": 7}
+# Bytes per parameter of the same ideal pass where moments are not float32: p and g 12, m and v
+# read and written (1 byte each in 8 bits, 2 in bfloat16).
+BYTES_MOVED = {("adam", "optadam_8bit"): 16, ("adam", "optadam_bf16"): 20}
 OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "sgd_momentum": {
         "optadam": lambda: optadam.sgd(1e-3, momentum=0.9),
         "optax": lambda: optax.sgd(1e-3, momentum=0.9),
     },
     "rmsprop": {"optadam": lambda: optadam.rmsprop(1e-3), "optax": lambda: optax.rmsprop(1e-3)},
-    "adam": {"optadam": lambda: optadam.adam(1e-3), "optax": lambda: optax.adam(1e-3)},
+    "adam": {
+        "optadam": lambda: optadam.adam(1e-3),
+        "optax": lambda: optax.adam(1e-3),
+        "optadam_8bit": lambda: optadam.adam(1e-3, state_bits=8),
+        "optadam_bf16": lambda: optadam.adam(
+            1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True
+        ),
+    },
     "adamw": {"optadam": lambda: optadam.adamw(1e-3), "optax": lambda: optax.adamw(1e-3)},
 }
 TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
@@ -234,7 +246,7 @@ def bench_case(
             step_ms = statistics.median(samples[label])
             results.append(Result(
                 case, name, label, n, contender.compile_s, step_ms,
-                gb_per_s=ARRAYS_MOVED[name] * 4 * n / step_ms / 1e6,
+                gb_per_s=BYTES_MOVED.get((name, label), ARRAYS_MOVED[name] * 4) * n / step_ms / 1e6,
                 state_bytes_per_param=contender.state_bytes / n,
                 step_samples_ms=samples[label],
             ))  # fmt: skip

@@ -25,6 +25,9 @@ def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
         adam = next(r for r in rows if r["case"] == case and r["contender"] == "optadam")
         assert adam["state_bytes_per_param"] == pytest.approx(8.0, rel=0.01)  # mu + nu in float32
         assert math.isfinite(adam["step_ms"]) and adam["step_ms"] > 0
+    lean = {r["contender"]: r for r in rows if r["case"] == "big_leaf"}
+    assert lean["optadam_8bit"]["state_bytes_per_param"] == pytest.approx(2.03, rel=0.01)
+    assert lean["optadam_bf16"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
     assert report["meta"]["quick"] is True
     assert "optadam" in capsys.readouterr().out
 
