@@ -187,14 +187,17 @@ def encode_stochastic(a: jax.Array, uniform: jax.Array) -> jax.Array:
     [0, 1) supplies the chance)."""
     a = a.astype(jnp.float32)
     k, r, width = _bins(a, signed=False)
-    j = jnp.clip(jnp.floor((r - 0.1) / width - 0.5).astype(jnp.int32), -1, (1 << k) - 1)
-    below = (
-        (1 << k) + j - 1
-    )  # the code at or below a: n = 2^K + j, minus 1 (j = −1: the decade down)
-    lo = decode(below.astype(jnp.uint8), signed=False)
-    hi = decode((below + 1).astype(jnp.uint8), signed=False)
-    up = uniform * (hi * hi - lo * lo) < a * a - lo * lo
-    return (below + up).astype(jnp.uint8)
+    top = (1 << k) - 1
+    j = jnp.clip(jnp.floor((r - 0.1) / width - 0.5).astype(jnp.int32), -1, top)  # centre <= r
+    # lo and hi in units of r: centres j and j + 1 of a's decade; below centre 0 the top centre
+    # of the decade beneath, 0.1 − width / 10 (0 under the last decade); above the top centre
+    # the first of the decade above, 1 + 2.5 · width (1.0 above decade 0).
+    lo = 0.1 + (j.astype(jnp.float32) + 0.5) * width
+    lo = jnp.where(j >= 0, lo, jnp.where(k == 1, 0.0, 0.1 - width / 10))
+    hi = jnp.where(j < top, lo + width, jnp.where(k == 7, 1.0, 1 + 2.5 * width))
+    hi = jnp.where(j >= 0, hi, 0.1 + width / 2)
+    up = uniform * (hi * hi - lo * lo) < r * r - lo * lo
+    return ((1 << k) + j - 1 + up).astype(jnp.uint8)  # code n − 1 of the centre at or below, + up
 
 
 # --- random bits ------------------------------------------------------------------------------
@@ -210,9 +213,10 @@ def _mix(x: Any) -> Any:
 
 
 def random_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """32 random bits per element: a hash of the element's index and ``seed`` (uint32)."""
+    """32 random bits per element: a hash of the element's index and ``seed`` (uint32; mixed
+    already, see :func:`rounding_seed`, so one round of the hash suffices)."""
     index = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
-    return _mix(_mix(index ^ seed) + seed)
+    return _mix(index + seed)
 
 
 def _uniform(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
