@@ -334,6 +334,11 @@ def quantized_full_like(
     sharding = _scales_sharding(param, shape, block_size)
     if sharding is not None:
         scales = jax.device_put(scales, sharding)
+    elif isinstance(param, jax.core.Tracer):
+        # Under jit, give XLA an operand to propagate the param's sharding from (the block view
+        # of the param itself; never read: the select folds to the constant), as full_like does.
+        carrier = _to_blocks(jnp.real(param).astype(jnp.float32), block_size)[..., 0]
+        scales = jnp.where(jnp.zeros(carrier.shape, bool), carrier, scales)
     return QuantizedArray(codes_like(param, one if value else 0), scales, moment, block_size)
 
 

@@ -293,18 +293,22 @@ def test_eight_bit_adam_resumes_bit_identically_from_an_orbax_checkpoint(tmp_pat
     jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
-def test_init_places_codes_and_scales_like_the_params():
-    mesh = jax.make_mesh((4, 2), ("data", "model"))
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_init_and_update_place_codes_and_scales_like_the_params(jitted):
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     params = {
         "rows": jax.device_put(jnp.ones((16, 1024)), NamedSharding(mesh, P("data", "model"))),
         "ragged": jax.device_put(jnp.ones((8, 1000)), NamedSharding(mesh, P("data", None))),
     }
-    state = optadam.adam(1e-3, state_bits=8).init(params)[0]
-    for moment in (state.mu, state.nu):
-        assert moment["rows"].codes.sharding.spec == P("data", "model")
-        assert moment["rows"].scales.shape == (16, 4)
-        assert moment["rows"].scales.sharding.spec == P("data", "model")
-        assert moment["ragged"].scales.sharding.spec == P("data", None)
+    tx = optadam.adam(1e-3, state_bits=8)
+    state = (jax.jit(tx.init) if jitted else tx.init)(params)
+    _, stepped = jax.jit(tx.update)(params, state, params)
+    for moments in (state[0], stepped[0]):
+        for moment in (moments.mu, moments.nu):
+            assert moment["rows"].codes.sharding.spec == P("data", "model")
+            assert moment["rows"].scales.shape == (16, 4)
+            assert moment["rows"].scales.sharding.spec == P("data", "model")
+            assert moment["ragged"].scales.sharding.spec == P("data", None)
 
 
 # --- random bits and stochastic rounding to bfloat16 -----------------------------------------
