@@ -77,19 +77,24 @@ def _cast(p: Any, dtype: Any) -> Any:
 
 
 def zero_count(params: optax.Params) -> jax.Array:
-    """A zero int32 step counter, replicated over the mesh of the params' first sharded leaf.
+    """A zero int32 step counter, replicated like :func:`replicated_scalar`."""
+    return replicated_scalar(params, 0, jnp.int32)
+
+
+def replicated_scalar(params: optax.Params, value: Any, dtype: Any) -> jax.Array:
+    """A scalar state entry, replicated over the mesh of the params' first sharded leaf.
 
     Inside ``jit`` a scalar output is replicated over the computation's devices anyway; outside it
-    ``jnp.zeros`` would put the counter on one default device, away from a sharded state.
+    ``jnp.full`` would put the scalar on one default device, away from a sharded state.
     """
-    count = jnp.zeros([], jnp.int32)
+    scalar = jnp.full([], value, dtype)
     for p in jax.tree.leaves(params):
         if isinstance(p, jax.core.Tracer):
             break
         sharding = getattr(p, "sharding", None)
         if isinstance(sharding, NamedSharding):
-            return jax.device_put(count, NamedSharding(sharding.mesh, PartitionSpec()))
-    return count
+            return jax.device_put(scalar, NamedSharding(sharding.mesh, PartitionSpec()))
+    return scalar
 
 
 def safe_increment(count: jax.Array) -> jax.Array:

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 import optadam
 import optadam.sharding
+import optadam.torch
 
 OPTIMIZERS = {
     "sgd": lambda: optadam.sgd(0.1, momentum=0.9),
@@ -39,6 +40,14 @@ OPTIMIZERS = {
     "amsgrad": lambda: optadam.amsgrad(0.1),
     "radam": lambda: optadam.radam(0.1),
     "adam_schedule": lambda: optadam.adam(optax.linear_schedule(0.1, 0.01, 10)),
+    # the torch-porting layer's optimizers are optadam optimizers too
+    "torch_sgd": lambda: optadam.torch.SGD(lr=0.1, momentum=0.9, dampening=0.1),
+    "torch_adam": lambda: optadam.torch.Adam(lr=lambda k: 0.1, amsgrad=True),
+    "torch_adamw": lambda: optadam.torch.AdamW(lr=0.1),
+    "torch_nadam": lambda: optadam.torch.NAdam(lr=0.1),
+    "torch_radam": lambda: optadam.torch.RAdam(lr=0.1),
+    "torch_rmsprop": lambda: optadam.torch.RMSprop(lr=0.01, centered=True, momentum=0.5),
+    "torch_adagrad": lambda: optadam.torch.Adagrad(lr=0.1, lr_decay=0.01),
 }
 MESHES = {
     "8": ((8,), ("data",)),

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment
+from optadam._leafwise import map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -142,8 +142,7 @@ def decoupled_decay(
         return None
 
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
-        del params
-        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.ScaleByScheduleState(count=zero_count(params))
 
     def update_fn(
         updates: optax.Updates,

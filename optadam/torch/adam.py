@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment
+from optadam._leafwise import map_leaves, safe_increment, zero_count
 from optadam.adam import ScaleByAdamState, ScaleByAmsgradState, init_moments
 from optadam.torch._common import (
     TorchOptimizer,
@@ -56,7 +56,7 @@ def scale_by_adam(
 
     def init_fn(params: optax.Params) -> ScaleByAdamState | ScaleByAmsgradState:
         mu, nu = init_moments(params, None, None)
-        count = jnp.zeros([], jnp.int32)
+        count = zero_count(params)
         if amsgrad:
             return ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu)
         return ScaleByAdamState(count=count, mu=mu, nu=nu)

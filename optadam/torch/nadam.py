@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment
+from optadam._leafwise import map_leaves, replicated_scalar, safe_increment, zero_count
 from optadam.adam import init_moments
 from optadam.torch._common import (
     TorchOptimizer,
@@ -73,7 +73,10 @@ def scale_by_nadam(
     def init_fn(params: optax.Params) -> ScaleByNadamState:
         mu, nu = init_moments(params, None, None)
         return ScaleByNadamState(
-            count=jnp.zeros([], jnp.int32), mu_product=jnp.ones([], jnp.float32), mu=mu, nu=nu
+            count=zero_count(params),
+            mu_product=replicated_scalar(params, 1, jnp.float32),
+            mu=mu,
+            nu=nu,
         )
 
     def update_fn(

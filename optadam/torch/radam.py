@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment
+from optadam._leafwise import map_leaves, safe_increment, zero_count
 from optadam.adam import ScaleByAdamState, init_moments
 from optadam.torch._common import (
     TorchOptimizer,
@@ -56,7 +56,7 @@ def scale_by_radam(
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
         mu, nu = init_moments(params, None, None)
-        return ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None

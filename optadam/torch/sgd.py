@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from optadam import _checks, _dtypes
-from optadam._leafwise import map_leaves, safe_increment, zeros_like
+from optadam._leafwise import map_leaves, safe_increment, zero_count, zeros_like
 from optadam.momentum import scale_by_momentum
 from optadam.torch._common import (
     TorchOptimizer,
@@ -64,7 +64,7 @@ def scale_by_dampened_momentum(
 
     def init_fn(params: optax.Params) -> ScaleByDampenedMomentumState:
         return ScaleByDampenedMomentumState(
-            count=jnp.zeros([], jnp.int32), trace=zeros_like(params, _dtypes.first_moment_dtype)
+            count=zero_count(params), trace=zeros_like(params, _dtypes.first_moment_dtype)
         )
 
     def update_fn(
