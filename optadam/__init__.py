@@ -7,6 +7,7 @@ line each, in one module per family.
 """
 
 from optadam._inject import inject_hyperparams
+from optadam._quantize import QuantizedArray
 from optadam.adagrad import ScaleByAdagradState, adagrad, scale_by_adagrad
 from optadam.adam import (
     ScaleByAdamState,
@@ -25,6 +26,7 @@ from optadam.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
 __version__ = "0.1.0"
 
 __all__ = [
+    "QuantizedArray",
     "ScaleByAdagradState",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
