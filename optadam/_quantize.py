@@ -70,8 +70,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-#: Leaves with fewer elements stay unquantized: their moments cost little, and small tensors
-#: (biases, norms) are where 8-bit states hurt most (the paper's and bitsandbytes' threshold).
+#: Leaves with fewer elements (biases, norms) stay unquantized: their moments cost little
+#: (bitsandbytes' default ``min_8bit_size``).
 MIN_QUANTIZED_SIZE = 4096
 
 #: Fixed seed of the random rounding bits (mixed with the step count, so bits change per step).
@@ -149,8 +149,8 @@ def decode(codes: jax.Array, signed: bool) -> jax.Array:
 
 
 def _bins(a: Any, signed: bool) -> tuple[Any, Any, Any]:
-    """For magnitudes a in [0, 1]: 2^K bins in a's decade E, r = a · 10^E (its place in the decade,
-    in [0.1, 1] but under the last decade), and the bin width in units of r."""
+    """For magnitudes a in [0, 1]: K (a's decade E is cut into 2^K bins), r = a · 10^E (a's place
+    in its decade, in [0.1, 1] but under the last decade), and the bin width in units of r."""
     exponent, r = jnp.zeros(a.shape, jnp.int32), a
     for e in range(1, 7):
         smaller = a < 10.0**-e
