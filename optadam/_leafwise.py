@@ -1,12 +1,14 @@
 """Lifting per-leaf optimizer math over pytrees: the one place every update goes through.
 
-Each optimizer writes its update as a plain function of arrays,
-``step(g, *moments) -> (u, *moments)``, and hands it to :func:`map_leaves`, which
+Each optimizer writes its per-leaf math as two plain functions of arrays, the paper's equations in
+order: ``moments(g, *old) -> new`` (the moving averages) and ``direction(g, *new) -> u`` (the step
+they give), and hands both to :func:`map_leaves`, which
 
 * checks that the gradients have the state's tree structure and leaf shapes, and names the first
   mismatching path if not (instead of a deep JAX traceback);
 * lifts every input to at least float32 and rounds every output once, to its storage dtype (the
-  update to the gradient's dtype, each moment to its own) -- see :mod:`optadam._dtypes`; moments
+  update to the gradient's dtype, each moment to its own) -- see :mod:`optadam._dtypes` -- and
+  computes the direction from the moments *as stored* (see :func:`map_leaves` for why); moments
   stored as 8-bit codes (:class:`optadam._quantize.QuantizedArray`) are dequantized on the way in
   and requantized on the way out, so ``step`` only ever sees float arrays and the whole update
   stays one jitted computation; given a ``rounding_seed``, bfloat16 moments are rounded
@@ -161,12 +163,23 @@ def _store(value: Any, like: Any, seed: jax.Array | None) -> Any:
 
 
 def map_leaves(
-    step: Callable[..., Sequence[jax.Array]],
+    moments: Callable[..., Sequence[jax.Array]],
+    direction: Callable[..., jax.Array],
     grads: optax.Updates,
     *states: optax.Params,
     rounding_seed: jax.Array | None = None,
 ) -> tuple[Any, ...]:
-    """Apply ``step(g, *s) -> (u, *s_new)`` leaf by leaf; return ``(updates, *new_states)``.
+    """Per leaf: ``new = moments(g, *old)``, each rounded once to its storage, then
+    ``u = direction(g, *new)``; return ``(updates, *new_states)``.
+
+    ``direction`` sees each new moment as it is stored -- a bfloat16 moment after its rounding --
+    as torch.optim does with low-precision state. That is also what lets XLA update a bfloat16
+    moment in place: were the direction to use the unrounded float32 moment, the old moment would
+    be read by two loops (the store's and the update's) and XLA copies it first, which made Adam
+    with bfloat16 moments 2.3x slower than with float32 ones instead of on par (BUILD_NOTES.md,
+    "Lean state"). Float32 and float64 moments are stored exactly, so for them nothing changes.
+    8-bit codes are the exception: the direction uses the float32 moment before quantization (the
+    paper's order), keeping the codes' rounding noise out of the step.
 
     ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding,
     mixed with each leaf's and moment's position: moments stored in bfloat16 are then rounded
@@ -176,20 +189,25 @@ def map_leaves(
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
-        if g is None:  # no gradient for this leaf: no update, state unchanged
+        if g is None:  # no gradient for this leaf: no update, state kept as it was
             outs: Sequence[Any] = (None, *s)
         else:
             for state, x in zip(states, s, strict=True):
                 if x is None or jnp.shape(x) != jnp.shape(g):
                     raise _mismatch(grads, state)
             g = jnp.asarray(g)
-            update, *moments = step(_lift(g), *(_lift(x) for x in s))
+            g_wide = _lift(g)
+            new = moments(g_wide, *(_lift(x) for x in s))
             seeds = [
                 None if rounding_seed is None else _quantize.fold_seed(rounding_seed, i, j)
                 for j in range(len(s))
             ]
-            stored = [_store(*args) for args in zip(moments, s, seeds, strict=True)]
-            outs = [update.astype(g.dtype), *stored]
+            stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
+            seen = [
+                value if isinstance(like, QuantizedArray) else _lift(kept)
+                for value, kept, like in zip(new, stored, s, strict=True)
+            ]
+            outs = [direction(g_wide, *seen).astype(g.dtype), *stored]
         for column, out in zip(columns, outs, strict=True):
             column.append(out)
     return tuple(jax.tree.unflatten(treedef, column) for column in columns)

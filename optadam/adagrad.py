@@ -70,14 +70,16 @@ def scale_by_adagrad(
     ) -> tuple[optax.Updates, ScaleByAdagradState]:
         del params
 
-        def step(g: Any, s: Any) -> tuple[Any, ...]:
-            s = s + abs_sq(g)
-            return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g, s
+        def moments(g: Any, s: Any) -> tuple[Any, ...]:
+            return (s + abs_sq(g),)
+
+        def direction(g: Any, s: Any) -> Any:
+            return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g
 
         t = None if state.count is None else safe_increment(state.count)
         rounding = None if t is None else _quantize.rounding_seed(t, "adagrad")
         updates, sum_of_squares = map_leaves(
-            step, updates, state.sum_of_squares, rounding_seed=rounding
+            moments, direction, updates, state.sum_of_squares, rounding_seed=rounding
         )
         return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares, count=t)
 

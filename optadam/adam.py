@@ -134,17 +134,22 @@ def scale_by_adam(
         c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections, once per step
         c1_next = 1 - b1 ** safe_increment(t)
 
-        def step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+        def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             mu = b1 * mu + (1 - b1) * g
             nu = b2 * nu + (1 - b2) * abs_sq(g)
+            return mu, nu
+
+        def direction(g: Any, mu: Any, nu: Any) -> Any:
             mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
             nu_hat = nu / c2
-            return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu, nu
+            return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "adam") if seeded else None
-        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu, rounding_seed=rounding)
+        updates, mu, nu = map_leaves(
+            moments, direction, updates, state.mu, state.nu, rounding_seed=rounding
+        )
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -206,18 +211,21 @@ def scale_by_amsgrad(
         c1 = 1 - b1**t if bias_correction_mu else 1
         c2 = 1 - b2**t if bias_correction_nu else 1
 
-        def step(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
+        def moments(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
             mu = b1 * mu + (1 - b1) * g
             nu = b2 * nu + (1 - b2) * abs_sq(g)
-            mu_hat = mu / c1
             nu_max = jnp.maximum(nu_max, nu / c2)
-            return mu_hat / (jnp.sqrt(nu_max + eps_root) + eps), mu, nu, nu_max
+            return mu, nu, nu_max
+
+        def direction(g: Any, mu: Any, nu: Any, nu_max: Any) -> Any:
+            mu_hat = mu / c1
+            return mu_hat / (jnp.sqrt(nu_max + eps_root) + eps)
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "amsgrad") if seeded else None
         updates, mu, nu, nu_max = map_leaves(
-            step, updates, state.mu, state.nu, state.nu_max, rounding_seed=rounding
+            moments, direction, updates, state.mu, state.nu, state.nu_max, rounding_seed=rounding
         )
         return updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
 

@@ -86,13 +86,17 @@ def scale_by_momentum(
     ) -> tuple[optax.Updates, ScaleByMomentumState]:
         del params
 
-        def step(g: Any, trace: Any) -> tuple[Any, ...]:
-            trace = g + decay * trace
-            return (g + decay * trace if nesterov else trace), trace
+        def moments(g: Any, trace: Any) -> tuple[Any, ...]:
+            return (g + decay * trace,)
+
+        def direction(g: Any, trace: Any) -> Any:
+            return g + decay * trace if nesterov else trace
 
         t = None if state.count is None else safe_increment(state.count)
         rounding = None if t is None else _quantize.rounding_seed(t, "momentum")
-        updates, trace = map_leaves(step, updates, state.trace, rounding_seed=rounding)
+        updates, trace = map_leaves(
+            moments, direction, updates, state.trace, rounding_seed=rounding
+        )
         return updates, ScaleByMomentumState(trace=trace, count=t)
 
     return optax.GradientTransformation(init_fn, update_fn)

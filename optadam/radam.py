@@ -84,18 +84,22 @@ def scale_by_radam(
         # finite there, so meta-gradients through early steps are not NaN.
         r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
 
-        def step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+        def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             mu = b1 * mu + (1 - b1) * g
             nu = b2 * nu + (1 - b2) * abs_sq(g)
+            return mu, nu
+
+        def direction(g: Any, mu: Any, nu: Any) -> Any:
             mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
             nu_hat = nu / c2
-            u = jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
-            return u, mu, nu
+            return jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "radam") if seeded else None
-        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu, rounding_seed=rounding)
+        updates, mu, nu = map_leaves(
+            moments, direction, updates, state.mu, state.nu, rounding_seed=rounding
+        )
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -122,24 +122,36 @@ def scale_by_rms(
         if t is not None and seeded:
             rounding = _quantize.rounding_seed(t, "rms")
 
-        def plain_step(g: Any, nu: Any) -> tuple[Any, ...]:
-            nu = decay * nu + (1 - decay) * abs_sq(g)
-            return scale(nu / c) * g, nu
+        def plain_moments(g: Any, nu: Any) -> tuple[Any, ...]:
+            return (decay * nu + (1 - decay) * abs_sq(g),)
 
-        def centered_step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+        def plain_direction(g: Any, nu: Any) -> Any:
+            return scale(nu / c) * g
+
+        def centered_moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             nu = decay * nu + (1 - decay) * abs_sq(g)
             mu = decay * mu + (1 - decay) * g
+            return mu, nu
+
+        def centered_direction(g: Any, mu: Any, nu: Any) -> Any:
             # max(., 0): rounding can leave ν̂ − |μ̂|² a hair below 0 (e.g. decay 0), and its
             # root NaN, where the variance is really 0.
-            return scale(jnp.maximum(nu / c - abs_sq(mu / c), 0)) * g, mu, nu
+            return scale(jnp.maximum(nu / c - abs_sq(mu / c), 0)) * g
 
         mu = None
         if centered:
             updates, mu, nu = map_leaves(
-                centered_step, updates, state.mu, state.nu, rounding_seed=rounding
+                centered_moments,
+                centered_direction,
+                updates,
+                state.mu,
+                state.nu,
+                rounding_seed=rounding,
             )
         else:
-            updates, nu = map_leaves(plain_step, updates, state.nu, rounding_seed=rounding)
+            updates, nu = map_leaves(
+                plain_moments, plain_direction, updates, state.nu, rounding_seed=rounding
+            )
         return updates, ScaleByRmsState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

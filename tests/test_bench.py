@@ -28,6 +28,7 @@ def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
     lean = {r["contender"]: r for r in rows if r["case"] == "big_leaf"}
     assert lean["optadam_8bit"]["state_bytes_per_param"] == pytest.approx(2.03, rel=0.01)
     assert lean["optadam_bf16"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
+    assert lean["optadam_bf16_sr"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
     assert report["meta"]["quick"] is True
     assert "optadam" in capsys.readouterr().out
 

@@ -155,10 +155,13 @@ def decoupled_decay(
             )
         shrink = 1 - value_at(lr, state.count) * weight_decay
 
-        def step(u: Any, theta: Any) -> tuple[Any, ...]:
-            return u + (jnp.asarray(shrink, theta.dtype) - 1) * theta, theta
+        def unchanged(u: Any, theta: Any) -> tuple[Any, ...]:
+            return (theta,)  # the params ride along as read-only "state"
 
-        updates, _ = map_leaves(step, updates, params)
+        def decayed(u: Any, theta: Any) -> Any:
+            return u + (jnp.asarray(shrink, theta.dtype) - 1) * theta
+
+        updates, _ = map_leaves(unchanged, decayed, updates, params)
         return updates, optax.ScaleByScheduleState(count=safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)

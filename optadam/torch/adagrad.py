@@ -55,11 +55,13 @@ def scale_by_adagrad(
     ) -> tuple[optax.Updates, ScaleByAdagradState]:
         del params
 
-        def step(g: Any, s: Any) -> tuple[Any, ...]:
-            s = s + g * g
-            return g / (jnp.sqrt(s) + eps), s
+        def moments(g: Any, s: Any) -> tuple[Any, ...]:
+            return (s + g * g,)
 
-        updates, sum_of_squares = map_leaves(step, updates, state.sum_of_squares)
+        def direction(g: Any, s: Any) -> Any:
+            return g / (jnp.sqrt(s) + eps)
+
+        updates, sum_of_squares = map_leaves(moments, direction, updates, state.sum_of_squares)
         return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -70,23 +70,25 @@ def scale_by_adam(
         t = safe_increment(state.count)
         c1, c2 = one_minus_power(b1, t), one_minus_power(b2, t)  # bias corrections, once per step
 
-        def adam_step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            mu = mu + (1 - b1) * (g - mu)
-            nu = b2 * nu + (1 - b2) * g * g
-            return (mu / c1) / (jnp.sqrt(nu) / jnp.sqrt(c2) + eps), mu, nu
+        def adam_moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+            return mu + (1 - b1) * (g - mu), b2 * nu + (1 - b2) * g * g
 
-        def amsgrad_step(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
-            mu = mu + (1 - b1) * (g - mu)
-            nu = b2 * nu + (1 - b2) * g * g
-            nu_max = jnp.maximum(nu_max, nu)
-            return (mu / c1) / (jnp.sqrt(nu_max) / jnp.sqrt(c2) + eps), mu, nu, nu_max
+        def adam_direction(g: Any, mu: Any, nu: Any) -> Any:
+            return (mu / c1) / (jnp.sqrt(nu) / jnp.sqrt(c2) + eps)
+
+        def amsgrad_moments(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
+            mu, nu = adam_moments(g, mu, nu)
+            return mu, nu, jnp.maximum(nu_max, nu)
+
+        def amsgrad_direction(g: Any, mu: Any, nu: Any, nu_max: Any) -> Any:
+            return adam_direction(g, mu, nu_max)
 
         if isinstance(state, ScaleByAmsgradState):
             updates, mu, nu, nu_max = map_leaves(
-                amsgrad_step, updates, state.mu, state.nu, state.nu_max
+                amsgrad_moments, amsgrad_direction, updates, state.mu, state.nu, state.nu_max
             )
             return updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
-        updates, mu, nu = map_leaves(adam_step, updates, state.mu, state.nu)
+        updates, mu, nu = map_leaves(adam_moments, adam_direction, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

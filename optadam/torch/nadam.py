@@ -92,13 +92,14 @@ def scale_by_nadam(
         g_scale = (1 - mu_t) / (1 - wide_product)
         mu_scale = mu_next / (1 - wide_product * mu_next)
 
-        def step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            mu = mu + (1 - b1) * (g - mu)
-            nu = b2 * nu + (1 - b2) * g * g
-            d = jnp.sqrt(nu / c2) + eps
-            return g_scale * (g / d) + mu_scale * (mu / d), mu, nu
+        def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+            return mu + (1 - b1) * (g - mu), b2 * nu + (1 - b2) * g * g
 
-        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu)
+        def direction(g: Any, mu: Any, nu: Any) -> Any:
+            d = jnp.sqrt(nu / c2) + eps
+            return g_scale * (g / d) + mu_scale * (mu / d)
+
+        updates, mu, nu = map_leaves(moments, direction, updates, state.mu, state.nu)
         return updates, ScaleByNadamState(count=t, mu_product=mu_product, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

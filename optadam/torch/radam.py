@@ -72,14 +72,15 @@ def scale_by_radam(
         # finite there.
         r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
 
-        def step(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            mu = mu + (1 - b1) * (g - mu)
-            nu = b2 * nu + (1 - b2) * g * g
+        def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+            return mu + (1 - b1) * (g - mu), b2 * nu + (1 - b2) * g * g
+
+        def direction(g: Any, mu: Any, nu: Any) -> Any:
             mu_hat = mu / c1
             adaptive_lr = jnp.sqrt(c2) / (jnp.sqrt(nu) + eps)
-            return jnp.where(rectify, mu_hat * adaptive_lr * r, mu_hat), mu, nu
+            return jnp.where(rectify, mu_hat * adaptive_lr * r, mu_hat)
 
-        updates, mu, nu = map_leaves(step, updates, state.mu, state.nu)
+        updates, mu, nu = map_leaves(moments, direction, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

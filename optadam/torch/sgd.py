@@ -75,11 +75,13 @@ def scale_by_dampened_momentum(
         del params
         t = safe_increment(state.count)
 
-        def step(g: Any, b: Any) -> tuple[Any, ...]:
-            b = jnp.where(t == 1, g, momentum * b + (1 - dampening) * g)
-            return b, b
+        def moments(g: Any, b: Any) -> tuple[Any, ...]:
+            return (jnp.where(t == 1, g, momentum * b + (1 - dampening) * g),)
 
-        updates, trace = map_leaves(step, updates, state.trace)
+        def direction(g: Any, b: Any) -> Any:
+            return b
+
+        updates, trace = map_leaves(moments, direction, updates, state.trace)
         return updates, ScaleByDampenedMomentumState(count=t, trace=trace)
 
     return optax.GradientTransformation(init_fn, update_fn)
