@@ -30,6 +30,7 @@ import optax
 from optadam import _checks, _dtypes, _quantize
 from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
+from optadam._weight_decay import add_decayed_weights
 
 
 class ScaleByAdamState(NamedTuple):
@@ -368,7 +369,7 @@ def adamw(
         scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype, **lean
         ),
-        optax.add_decayed_weights(weight_decay, mask),
+        add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
 

@@ -520,9 +520,13 @@ def test_bf16_optax_inject_hyperparams_adam_is_nan_where_optadam_is_finite() -> 
         assert np.all(np.isnan(np.asarray(leaf, np.float32)))
 
 
-def test_bf16_inject_hyperparams_updates_keep_gradient_dtype() -> None:
+@pytest.mark.parametrize(
+    "factory", [optadam.adam, optadam.adamw, optadam.nadam, optadam.radam, optadam.rmsprop]
+)
+def test_bf16_inject_hyperparams_updates_keep_gradient_dtype(factory) -> None:
+    # adamw's injected float32 weight decay once promoted its bfloat16 updates to float32.
     params, grads = _bf16_problem(1)
-    tx = optadam.inject_hyperparams(optadam.adam)(learning_rate=BF16_LR)
+    tx = optadam.inject_hyperparams(factory)(learning_rate=BF16_LR)
     updates, _ = tx.update(at_step(grads, 0), tx.init(params), params)
     assert jax.tree.map(lambda u: u.dtype, updates) == {k: jnp.bfloat16 for k in SHAPES}
 
