@@ -19,6 +19,7 @@ from optadam.adam import (
     scale_by_adam,
     scale_by_amsgrad,
 )
+from optadam.grouping import GroupedState, grouped
 from optadam.momentum import ScaleByMomentumState, momentum, scale_by_momentum, sgd
 from optadam.radam import radam, scale_by_radam
 from optadam.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
@@ -26,6 +27,7 @@ from optadam.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
 __version__ = "0.1.0"
 
 __all__ = [
+    "GroupedState",
     "QuantizedArray",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -36,6 +38,7 @@ __all__ = [
     "adam",
     "adamw",
     "amsgrad",
+    "grouped",
     "inject_hyperparams",
     "momentum",
     "nadam",

@@ -106,6 +106,14 @@ def boolean(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
+def integer_at_least(name: str, value: Any, low: int) -> None:
+    """Sizes and counts that shape the program (not traced hyperparameters): Python ints."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be a Python int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
 def lean_state(state_bits: Any, block_size: Any, stochastic_rounding: Any, **dtypes: Any) -> int:
     """The lean-state options (see ``optadam._quantize``) and that they make sense together;
     returns the block size (``None``: 256, the default).

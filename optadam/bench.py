@@ -7,8 +7,9 @@ all of them alike; the median over rounds is reported. A plain streaming kernel 
 12 bytes per element) is timed in the same rounds and serves as the memory-bandwidth roofline.
 
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
-Contenders: optadam and optax for sgd+momentum, rmsprop, adam, adamw; for adam also optadam's lean
-states, 8-bit moments (``state_bits=8``) and bfloat16 moments with stochastic rounding; torch.optim
+Contenders: optadam, optadam with small leaves grouped (``optadam.grouped``) and optax for
+sgd+momentum, rmsprop, adam, adamw; for adam also optadam's lean states, 8-bit moments
+(``state_bits=8``) and bfloat16 moments, rounded to nearest and stochastically; torch.optim
 (foreach, and fused where torch has it) when torch is installed.
 
 Per contender it reports: compile time, median step time, effective GB/s (the bytes an ideal
@@ -58,11 +59,17 @@ BYTES_MOVED = {
 OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "sgd_momentum": {
         "optadam": lambda: optadam.sgd(1e-3, momentum=0.9),
+        "optadam_grouped": lambda: optadam.grouped(optadam.sgd(1e-3, momentum=0.9)),
         "optax": lambda: optax.sgd(1e-3, momentum=0.9),
     },
-    "rmsprop": {"optadam": lambda: optadam.rmsprop(1e-3), "optax": lambda: optax.rmsprop(1e-3)},
+    "rmsprop": {
+        "optadam": lambda: optadam.rmsprop(1e-3),
+        "optadam_grouped": lambda: optadam.grouped(optadam.rmsprop(1e-3)),
+        "optax": lambda: optax.rmsprop(1e-3),
+    },
     "adam": {
         "optadam": lambda: optadam.adam(1e-3),
+        "optadam_grouped": lambda: optadam.grouped(optadam.adam(1e-3)),
         "optax": lambda: optax.adam(1e-3),
         "optadam_8bit": lambda: optadam.adam(1e-3, state_bits=8),
         "optadam_bf16": lambda: optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
@@ -70,7 +77,11 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
             1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True
         ),
     },
-    "adamw": {"optadam": lambda: optadam.adamw(1e-3), "optax": lambda: optax.adamw(1e-3)},
+    "adamw": {
+        "optadam": lambda: optadam.adamw(1e-3),
+        "optadam_grouped": lambda: optadam.grouped(optadam.adamw(1e-3)),
+        "optax": lambda: optax.adamw(1e-3),
+    },
 }
 TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
 
