@@ -1,7 +1,9 @@
 """optadam.grouped: small leaves concatenated into groups give the per-leaf results (to the last
 bits), with far fewer state arrays; clear errors; composes with optax, jit, sharding and orbax."""
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -233,3 +235,13 @@ def test_grouped_state_checkpoints_with_orbax(tmp_path):
         restored = checkpointer.restore(tmp_path / "state", jax.eval_shape(tx.init, params))
     assert restored.layout == state.layout
     assert_trees_equal(restored, state)
+
+
+def test_readme_speed_example_runs_and_groups():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Speed", 1)[1].split("\n## ", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(re.search(r"```python\n(.*?)```", section, re.S).group(1), namespace)
+    state = namespace["state"]
+    assert len(state.layout.groups) == 13  # 200 "b" and 200 "w" leaves: 400 float32 in 13 groups
+    assert namespace["params"]["layer7"]["w"].shape == (8, 8)
