@@ -181,20 +181,14 @@ def map_leaves(
     8-bit codes are the exception: the direction uses the float32 moment before quantization (the
     paper's order), keeping the codes' rounding noise out of the step.
 
-    ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding:
-    moments stored in bfloat16 are then rounded stochastically, and 8-bit second moments need it.
-    Each moment gets its own seed, shared by all leaves (the bits also hash each element's index
-    and value, see ``optadam._quantize.random_bits``): a seed per leaf made XLA compile a loop per
-    leaf, 100 s on 2,000 leaves.
+    ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding,
+    mixed with each leaf's and moment's position: moments stored in bfloat16 are then rounded
+    stochastically, and 8-bit second moments need it.
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=_is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
-    moment_seeds = [
-        None if rounding_seed is None else _quantize.fold_seed(rounding_seed, j)
-        for j in range(len(states))
-    ]
-    for g, *s in zip(g_leaves, *s_leaves, strict=True):
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         if g is None:  # no gradient for this leaf: no update, state kept as it was
             outs: Sequence[Any] = (None, *s)
         else:
@@ -204,7 +198,11 @@ def map_leaves(
             g = jnp.asarray(g)
             g_wide = _lift(g)
             new = moments(g_wide, *(_lift(x) for x in s))
-            stored = [_store(*args) for args in zip(new, s, moment_seeds, strict=True)]
+            seeds = [
+                None if rounding_seed is None else _quantize.fold_seed(rounding_seed, i, j)
+                for j in range(len(s))
+            ]
+            stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
             seen = [
                 value if isinstance(like, QuantizedArray) else _lift(kept)
                 for value, kept, like in zip(new, stored, s, strict=True)

