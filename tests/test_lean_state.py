@@ -171,7 +171,7 @@ def rowwise_deviation(actual: list[np.ndarray], expected: list[np.ndarray]) -> f
 def test_lean_state_follows_the_float32_trajectory(name, lean, rtol):
     """On a stream of random gradients (scaled per row and step), the distance each row has
     travelled after each of 60 steps is within 8 % (8-bit) or 2 % (bfloat16) of the float32
-    run's, in Euclidean norm. (Measured: 1.4-5.6 % and 0.4-1.7 %; random gradients keep m small
+    run's, in Euclidean norm. (Measured: 2.2-5.6 % and 0.4-1.7 %; random gradients keep m small
     against its block's maximum, where the map is coarsest, and the bfloat16 step reads the
     moments as stored, rounding noise included -- training is the better judge, below.)
     """
