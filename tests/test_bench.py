@@ -3,6 +3,8 @@
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from optadam import bench
@@ -57,3 +59,11 @@ def test_state_sharding_report_shows_zero1_cutting_per_device_state(tmp_path):
             for r in json.loads(out.read_text())["state_sharding"]}  # fmt: skip
     plain, zero1 = rows["Explicit", "8x1", "adam"], rows["Explicit", "8x1", "zero1(adam)"]
     assert zero1 == pytest.approx(plain / 8, rel=0.01)  # moments split over the 8-way data axis
+
+
+def test_grouped_contender_runs_where_there_is_something_to_group():
+    full = bench.cases(quick=False)
+    for case, expected in [("many_small", True), ("resnet50", False), ("gpt2", False)]:
+        shapes = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in full[case].items()}
+        tx = bench.OPTIMIZERS["adam"]["optadam_grouped"]()
+        assert bench.groups_anything(tx, shapes) is expected, case
