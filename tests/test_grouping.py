@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optadam
+import optadam.sharding
 import optadam.torch
 
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
@@ -245,3 +246,15 @@ def test_readme_speed_example_runs_and_groups():
     state = namespace["state"]
     assert len(state.layout.groups) == 13  # 200 "b" and 200 "w" leaves: 400 float32 in 13 groups
     assert namespace["params"]["layer7"]["w"].shape == (8, 8)
+
+
+def test_zero1_partitions_the_groups_over_the_data_axis():
+    mesh = jax.make_mesh((8,), ("data",))
+    replicated = NamedSharding(mesh, P())
+    params = {f"b{i:03d}": jax.device_put(jnp.ones(16), replicated) for i in range(300)}
+    tx = optadam.sharding.zero1(optadam.grouped(optadam.adam(1e-3)), mesh)
+    state = jax.jit(tx.init)(params)
+    held = optadam.sharding.per_device_state_bytes(state)
+    assert set(held.values()) == {2 * 300 * 16 * 4 // 8 + 4}  # mu and nu split 8 ways, count
+    updates, _ = jax.jit(tx.update)(params, state, params)
+    assert updates["b123"].shape == (16,)
