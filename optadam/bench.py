@@ -256,10 +256,11 @@ def bench_case(
     roofline_ms: list[float] = []
     results: list[Result] = []
     for name in optimizers:
+        transforms = {label: make() for label, make in OPTIMIZERS[name].items()}
         contenders: dict[str, Any] = {
-            label: JaxContender(make(), params, grads)
-            for label, make in OPTIMIZERS[name].items()
-            if label != "optadam_grouped" or groups_anything(make(), params)
+            label: JaxContender(tx, params, grads)
+            for label, tx in transforms.items()
+            if label != "optadam_grouped" or groups_anything(tx, params)
         }
         for label, options in torch_options(TORCH_OPTIMIZERS[name]).items():
             contenders[label] = TorchContender(TORCH_OPTIMIZERS[name], options, shapes, seed=0)
