@@ -182,13 +182,14 @@ def map_leaves(
     paper's order), keeping the codes' rounding noise out of the step.
 
     ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding,
-    mixed with each leaf's and moment's position: moments stored in bfloat16 are then rounded
-    stochastically, and 8-bit second moments need it.
+    offset by each stored array's position (``optadam._quantize.array_seed``): moments stored in
+    bfloat16 are then rounded stochastically, and 8-bit second moments need it.
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=_is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
-    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+    position = 0  # elements of the moments so far (stochastic rounding hashes each one's position)
+    for g, *s in zip(g_leaves, *s_leaves, strict=True):
         if g is None:  # no gradient for this leaf: no update, state kept as it was
             outs: Sequence[Any] = (None, *s)
         else:
@@ -199,9 +200,12 @@ def map_leaves(
             g_wide = _lift(g)
             new = moments(g_wide, *(_lift(x) for x in s))
             seeds = [
-                None if rounding_seed is None else _quantize.fold_seed(rounding_seed, i, j)
+                None
+                if rounding_seed is None
+                else _quantize.array_seed(rounding_seed, position + j * g.size)
                 for j in range(len(s))
             ]
+            position += len(s) * g.size
             stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
             seen = [
                 value if isinstance(like, QuantizedArray) else _lift(kept)
