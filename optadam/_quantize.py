@@ -51,10 +51,11 @@ neighbour below or above (tested against a brute-force search).
 to the fraction of the way to the next bfloat16 value: bfloat16's ulp is 0.4 %, so a β2 = 0.999
 moving average rounded to nearest sticks the same way.
 
-**Random bits** come from a counter-based hash of the element's index and a 32-bit seed mixed from
-a fixed constant, the step count, a per-optimizer stream, the leaf and the moment: runs are
-reproducible bit for bit, the bits differ every step, and they are computed inside the update's
-fused loop (no random tensor is materialized, nothing is communicated between shards).
+**Random bits** come from a counter-based hash of the element's position among all the moments'
+elements (leaf by leaf, moment by moment) plus a 32-bit seed mixed from a fixed constant, the step
+count and a per-optimizer stream: runs are reproducible bit for bit, no two elements of a step
+share bits, the bits differ every step, and they are computed inside the update's fused loop (no
+random tensor is materialized, nothing is communicated between shards).
 """
 
 from __future__ import annotations
