@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.extend import core as jax_core
 
 from optadam import _checks
 from optadam._leafwise import _is_none
@@ -50,18 +53,29 @@ __all__ = ["GroupedState", "grouped"]
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Which leaves of the params' tree are concatenated into which group (hashable, static)."""
+    """Which leaves of the params' tree are concatenated into which group (hashable, static).
+
+    ``tx`` sees the params' own tree: a group's array sits at its first member's place, the other
+    members' places hold None (an empty subtree), and every other leaf is the param's own.
+    """
 
     treedef: Any  # the params' tree structure (None leaves included)
     shapes: tuple[tuple[int, ...] | None, ...]  # one per leaf; None where the param is None
     groups: tuple[tuple[int, ...], ...]  # the leaf indices concatenated into each group, in order
-    rest: tuple[int, ...]  # the leaves passed on as they are (large ones, None, few of a dtype)
+    group_shapes: tuple[tuple[int, ...], ...]  # each group's array: (elements,) or (rows, *dims)
 
-    def pack(self, tree: Any, what: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        """``tree`` (shaped like the params) as (groups, rest): what the wrapped ``tx`` sees."""
+    @property
+    def rest(self) -> tuple[int, ...]:
+        """The leaves ``tx`` sees as they are (large ones, None, ones it treats apart)."""
+        grouped = {i for members in self.groups for i in members}
+        return tuple(i for i in range(len(self.shapes)) if i not in grouped)
+
+    def pack(self, tree: Any, what: str) -> Any:
+        """``tree`` (shaped like the params) as the wrapped ``tx`` sees it (see the class)."""
+        if not self.groups:
+            return tree
         leaves = self._leaves(tree, what)
-        groups = []
-        for members in self.groups:
+        for members, shape in zip(self.groups, self.group_shapes, strict=True):
             parts = [leaves[i] for i in members]
             if any(part is None for part in parts):
                 raise ValueError(
@@ -75,14 +89,18 @@ class Layout:
                     f"({sorted({str(jnp.result_type(p)) for p in parts})}) although their params "
                     "share one; concatenating them would promote some"
                 )
-            groups.append(jnp.concatenate([jnp.ravel(part) for part in parts]))
-        return tuple(groups), tuple(leaves[i] for i in self.rest)
+            for i in members[1:]:
+                leaves[i] = None
+            leaves[members[0]] = jnp.concatenate([jnp.ravel(p) for p in parts]).reshape(shape)
+        return jax.tree.unflatten(self.treedef, leaves)
 
-    def unpack(self, packed: tuple[tuple[Any, ...], tuple[Any, ...]]) -> Any:
-        """The wrapped ``tx``'s output for (groups, rest), sliced back into the params' tree."""
-        groups, rest = packed
-        leaves: list[Any] = [None] * len(self.shapes)
-        for members, flat in zip(self.groups, groups, strict=True):
+    def unpack(self, packed: Any) -> Any:
+        """``tx``'s output for :meth:`pack`'s tree, sliced back into the params' tree."""
+        if not self.groups:
+            return packed
+        leaves = jax.tree.leaves(packed, is_leaf=_is_none)
+        for members in self.groups:
+            flat = jnp.ravel(leaves[members[0]])
             start = 0
             for i in members:
                 shape = self.shapes[i]
@@ -90,8 +108,6 @@ class Layout:
                 size = math.prod(shape)
                 leaves[i] = flat[start : start + size].reshape(shape)
                 start += size
-        for i, leaf in zip(self.rest, rest, strict=True):
-            leaves[i] = leaf
         return jax.tree.unflatten(self.treedef, leaves)
 
     def _leaves(self, tree: Any, what: str) -> list[Any]:
@@ -128,30 +144,215 @@ class Layout:
         return next(paths[i] for i, part in zip(members, parts, strict=True) if part is None)
 
 
-def _plan(params: Any, max_leaf_size: int, group_size: int, min_leaves: int) -> Layout:
+# --- which leaves tx treats alike: a fingerprint of each leaf's computation ---------------------
+
+#: Primitives whose output element depends on other elements of an operand. On a leaf's own
+#: values they make its update depend on the leaf as a whole (per-leaf norms, 8-bit blocks), which a
+#: group would change.
+_MIXING = re.compile(
+    r"reduce_(?!precision)\w+|arg(max|min)|cum\w+|dot_general|sort|top_k|transpose|rev|"
+    r"conv_general_dilated|fft|gather|scatter\w*|dynamic_\w*slice|slice|pad|concatenate|"
+    r"select_and_\w+|reduce_window\w*|split"
+)
+#: Array sizes in printed types and parameters: a group is longer than its members.
+_SIZES = re.compile(r"\[[\d,\s]*\]|\(\d+(?:,\s*\d+)*,?\)")
+#: uint32 constants in printed jaxprs: the seeds of stochastic rounding, one per leaf.
+_SEEDS = re.compile(r"\b\d+(?=:u32)")
+_MANY = -1  # a value computed from several leaves (a global norm, say)
+
+
+def _sub_jaxprs(params: dict[str, Any]) -> Iterator[Any]:
+    for value in params.values():
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(v, jax_core.ClosedJaxpr):
+                yield v.jaxpr
+            elif isinstance(v, jax_core.Jaxpr):
+                yield v
+
+
+def _mixes(eqn: Any) -> bool:
+    return bool(_MIXING.fullmatch(eqn.primitive.name)) or any(
+        _mixes(e) for sub in _sub_jaxprs(eqn.params) for e in sub.eqns
+    )
+
+
+def _owner(path: tuple[Any, ...], leaf_paths: dict[tuple[Any, ...], int]) -> tuple[int | None, str]:
+    """The params leaf whose path occurs in ``path`` (a state's ``mu['w']``: ``['w']``), and
+    ``path`` with it replaced by ``*`` (the role the value plays, the same for every leaf)."""
+    for length in range(len(path), 0, -1):
+        for start in reversed(range(len(path) - length + 1)):
+            index = leaf_paths.get(path[start : start + length])
+            if index is not None:
+                role = (*path[:start], "*", *path[start + length :])
+                return index, "".join(map(str, role))
+    return None, jax.tree_util.keystr(path)
+
+
+def _fingerprints(
+    tx: optax.GradientTransformationExtraArgs,
+    tree: Any,
+    members: dict[int, tuple[int, ...]] | None = None,
+) -> dict[int, Hashable]:
+    """For each array leaf of ``tree`` (abstract), what ``tx.update`` computes for it: a hash of its
+    operations, constants and the roles of its inputs (``mu['w']`` is ``mu[*]``), without sizes and
+    stochastic-rounding seeds. A value computed from several leaves (a global norm) counts as the
+    set of leaves it reads (``members``: the leaves a group stands for). Leaves whose update
+    reads their leaf as a whole (a norm of it) are left out: a group would change it."""
+    members = members or {}
+    leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    leaf_paths = {tuple(p): i for i, (p, x) in enumerate(leaves_with_paths) if x is not None}
+    state = jax.eval_shape(tx.init, tree)
+    closed, out = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p), return_shape=True)(
+        tree, state, tree
+    )
+    jaxpr = closed.jaxpr
+    fingerprint: dict[Any, Hashable] = {}
+    at: dict[Any, int | None] = {}  # the leaf whose elements a value holds (None: shared)
+    spans: dict[Any, frozenset[int]] = {}  # values computed from several leaves: those leaves
+    whole: set[Any] = set()  # leaf values that summarize their leaf (a norm of it)
+    inputs, _ = jax.tree_util.tree_flatten_with_path((tree, state, tree))
+    for var, (path, _) in zip(jaxpr.invars, inputs, strict=True):
+        at[var], role = _owner(tuple(path[1:]), leaf_paths)
+        fingerprint[var] = ("in", path[0].idx, role)
+    for k, var in enumerate(jaxpr.constvars):
+        at[var], fingerprint[var] = None, ("const", k)
+    printed: dict[int, str] = {}
+
+    def param(value: Any) -> str:
+        key = id(value)
+        if key not in printed:
+            printed[key] = _SEEDS.sub("#", _SIZES.sub("#", str(value)))
+        return printed[key]
+
+    def get(atom: Any) -> Hashable:
+        if isinstance(atom, jax_core.Literal):
+            dtype = jnp.result_type(atom.val)
+            return ("lit", str(dtype), None if dtype == jnp.uint32 else str(atom.val))
+        return fingerprint[atom]
+
+    for eqn in jaxpr.eqns:
+        vars_in = [a for a in eqn.invars if not isinstance(a, jax_core.Literal)]
+        leaves = {i for i in (at[a] for a in vars_in) if i is not None}
+        summary = any(a in whole for a in vars_in)
+        span_in = [spans[a] for a in vars_in if a in spans]
+        if len(leaves) > 1 or (span_in and summary):  # a sum over leaves, say
+            span = frozenset(j for i in leaves for j in members.get(i, (i,))).union(*span_in)
+            for var in eqn.outvars:
+                at[var], spans[var], fingerprint[var] = None, span, ("many", span)
+            continue
+        leaf = leaves.pop() if leaves else None
+        key = hash(
+            (
+                eqn.primitive.name,
+                tuple(sorted((k, param(v)) for k, v in eqn.params.items())),
+                tuple(get(a) for a in eqn.invars),
+            )
+        )
+        summarizes = leaf is not None and (summary or _mixes(eqn))
+        for j, var in enumerate(eqn.outvars):
+            at[var], fingerprint[var] = leaf, (key, j)
+            if summarizes:
+                whole.add(var)
+    per_leaf: dict[int, list[Any]] = {}
+    skipped: set[int] = set()
+    outputs, _ = jax.tree_util.tree_flatten_with_path(out)
+    for var, (path, _) in zip(jaxpr.outvars, outputs, strict=True):
+        index, role = _owner(tuple(path[1:]), leaf_paths)
+        if index is None:
+            continue
+        per_leaf.setdefault(index, []).append((path[0].idx, role, hash(get(var))))
+        if not isinstance(var, jax_core.Literal) and var in whole:
+            skipped.add(index)
+    return {i: hash(tuple(sorted(v))) for i, v in per_leaf.items() if i not in skipped}
+
+
+def _plan(
+    tx: optax.GradientTransformationExtraArgs,
+    params: Any,
+    max_leaf_size: int,
+    group_size: int,
+    min_leaves: int,
+) -> Layout:
     leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
     shapes = tuple(None if x is None else tuple(jnp.shape(x)) for x in leaves)
     small: dict[Any, list[int]] = {}  # dtype -> indices of its small leaves, in tree order
     for i, (x, shape) in enumerate(zip(leaves, shapes, strict=True)):
         if shape is not None and math.prod(shape) <= max_leaf_size:
             small.setdefault(jnp.result_type(x), []).append(i)
-    groups = tuple(
-        tuple(members[start : start + group_size])
-        for members in small.values()
-        if len(members) >= min_leaves
-        for start in range(0, len(members), group_size)
+    if all(len(members) < min_leaves for members in small.values()):
+        return Layout(treedef, shapes, (), ())
+    sizes = {i: math.prod(shape) for i, shape in enumerate(shapes) if shape is not None}
+    abstract = [None if x is None else jax.ShapeDtypeStruct(jnp.shape(x), x.dtype) for x in leaves]
+    kinds = _fingerprints(tx, jax.tree.unflatten(treedef, abstract))
+    alike: dict[Any, list[int]] = {}  # the small leaves of one dtype that tx treats alike
+    for dtype, members in small.items():
+        for i in members:
+            if i in kinds:
+                alike.setdefault((dtype, kinds[i]), []).append(i)
+    flat: list[Group] = [
+        (group, (sum(sizes[i] for i in group),))
+        for same in alike.values()
+        if len(same) >= min_leaves
+        for group in _chunks(same, group_size)
+    ]
+    kept, failed = _check(tx, treedef, abstract, flat, kinds)
+    # tx may tell a group from its members by its shape (a mask on ``x.ndim``): group leaves
+    # with the same trailing dimensions along their first, as an array of their rank.
+    by_dims: dict[Any, list[int]] = {}
+    for group, _ in failed:
+        for i in group:
+            shape = shapes[i]
+            if shape:
+                by_dims.setdefault((kinds[i], shape[1:]), []).append(i)
+    stacked = [
+        (group, (sum(sizes[i] for i in group) // math.prod(dims), *dims))
+        for (_, dims), same in by_dims.items()
+        if len(same) > 1
+        for group in _chunks(same, group_size)
+    ]
+    if stacked:
+        kept = _check(tx, treedef, abstract, kept + stacked, kinds)[0]
+    kept.sort()
+    return Layout(treedef, shapes, tuple(g for g, _ in kept), tuple(s for _, s in kept))
+
+
+def _chunks(members: list[int], size: int) -> list[tuple[int, ...]]:
+    return [tuple(members[start : start + size]) for start in range(0, len(members), size)]
+
+
+Group = tuple[tuple[int, ...], tuple[int, ...]]  # leaf indices, and the shape of their array
+
+
+def _check(
+    tx: optax.GradientTransformationExtraArgs,
+    treedef: Any,
+    abstract: list[Any],
+    groups: list[Group],
+    kinds: dict[int, Hashable],
+) -> tuple[list[Group], list[Group]]:
+    """The groups to which ``tx`` does what it does to each of their leaves, and the others."""
+    if not groups:
+        return [], []
+    packed = list(abstract)
+    for members, shape in groups:
+        for i in members:
+            packed[i] = None
+        packed[members[0]] = jax.ShapeDtypeStruct(shape, abstract[members[0]].dtype)
+    stands_for = {members[0]: members for members, _ in groups}
+    seen = _fingerprints(tx, jax.tree.unflatten(treedef, packed), stands_for)
+    alike = [seen.get(members[0]) == kinds[members[0]] for members, _ in groups]
+    return (
+        [g for g, ok in zip(groups, alike, strict=True) if ok],
+        [g for g, ok in zip(groups, alike, strict=True) if not ok],
     )
-    grouped_leaves = {i for members in groups for i in members}
-    rest = tuple(i for i in range(len(leaves)) if i not in grouped_leaves)
-    return Layout(treedef, shapes, groups, rest)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GroupedState:
-    """State of :func:`grouped`: the wrapped transformation's state, over (groups, rest)."""
+    """State of :func:`grouped`: the wrapped transformation's state, and where the groups are."""
 
-    inner: Any  # tx's state for the packed tree ((group arrays...), (ungrouped leaves...))
+    inner: Any  # tx's state for the params' tree with the groups in it (see Layout)
     layout: Layout = dataclasses.field(metadata={"static": True})  # fixed by init's params
 
 
@@ -195,8 +396,14 @@ def grouped(
         _checks.integer_at_least(name, value, low)
     inner = optax.with_extra_args_support(tx)
 
+    layouts: dict[Any, Layout] = {}  # planned once per tree of shapes and dtypes
+
     def init_fn(params: optax.Params) -> GroupedState:
-        layout = _plan(params, max_leaf_size, group_size, min_leaves)
+        leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
+        key = (treedef, tuple(None if x is None else jax.typeof(x).str_short() for x in leaves))
+        if key not in layouts:
+            layouts[key] = _plan(inner, params, max_leaf_size, group_size, min_leaves)
+        layout = layouts[key]
         return GroupedState(inner.init(layout.pack(params, "params")), layout)
 
     def update_fn(
