@@ -221,7 +221,8 @@ def _fingerprints(
     def param(value: Any) -> str:
         key = id(value)
         if key not in printed:
-            printed[key] = _SEEDS.sub("#", _SIZES.sub("#", str(value)))
+            # (whitespace too: a printed jaxpr breaks its lines by their length)
+            printed[key] = " ".join(_SEEDS.sub("#", _SIZES.sub("#", str(value))).split())
         return printed[key]
 
     def get(atom: Any) -> Hashable:

@@ -97,6 +97,18 @@ def small_leaves(params: Any, max_leaf_size: int) -> list[int]:
     return [i for i, x in enumerate(jax.tree.leaves(params)) if x.size <= max_leaf_size]
 
 
+def assert_within_one_bfloat16_ulp(actual: Any, expected: Any) -> None:
+    """The same bfloat16 numbers or neighbours: |a - e| <= 1 ulp at max(|a|, |e|)."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.dtype == e.dtype == jnp.bfloat16 and a.shape == e.shape
+        a64, e64 = np.asarray(a, np.float64), np.asarray(e, np.float64)
+        magnitude = np.maximum(np.abs(a64), np.abs(e64))
+        # bfloat16 has 8 significant bits: the spacing at x is 2^(floor(log2 x) - 7).
+        ulp = np.exp2(np.floor(np.log2(np.maximum(magnitude, 1e-30))) - 7)
+        assert np.all(np.abs(a64 - e64) <= ulp)
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_grouped_training_follows_the_per_leaf_arithmetic(name):
     """The same arithmetic: after 15 steps every float32 parameter is within a few units in the
@@ -109,13 +121,12 @@ def test_grouped_training_follows_the_per_leaf_arithmetic(name):
     trained, state = train(tx, params, grads)
     f32 = {k: v for k, v in trained.items() if not k.startswith("bf16")}
     assert_within_ulps(f32, {k: plain[k] for k in f32}, ulps=16)
-    # bfloat16 leaves: the moments and the update are computed in float32 and rounded once to
-    # bfloat16 (optadam._dtypes). A last-bit float32 difference can move that rounding by one
-    # bfloat16 ulp only when the float32 value lies within a float32 ulp of a rounding boundary
-    # (about 1 in 2^16 per element and step), which these 40 x 4 x 15 roundings do not meet, so
-    # they must agree exactly; see also the single-step bound below.
+    # bfloat16 leaves: each step computes in float32 and rounds once to bfloat16 (optadam._dtypes),
+    # so a last-bit float32 difference moves a result by one bfloat16 ulp at most, and only when
+    # it lies within a float32 ulp of a rounding boundary (measured: 1 of 160 elements, NAdam;
+    # the others bit for bit); the single-step test below checks that bound where it is exact.
     bf16 = {k: v for k, v in trained.items() if k.startswith("bf16")}
-    assert_trees_equal(bf16, {k: plain[k] for k in bf16})
+    assert_within_one_bfloat16_ulp(bf16, {k: plain[k] for k in bf16})
     # ...and every small leaf was grouped (by dtype, and apart where tx's program differs:
     # scalars and empty leaves trace differently for some optimizers), the two large ones not.
     grouped = sorted(i for members in state.layout.groups for i in members)
@@ -137,14 +148,7 @@ def test_grouped_bfloat16_updates_are_within_one_rounding_of_per_leaf(name):
     updates, _ = jax.jit(tx.update)(grads, state, params)
     plain = OPTIMIZERS[name]()
     expected, _ = jax.jit(plain.update)(grads, plain.init(params), params)
-    assert jax.tree.structure(updates) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(updates), jax.tree.leaves(expected), strict=True):
-        assert a.dtype == e.dtype == jnp.bfloat16
-        a64, e64 = np.asarray(a, np.float64), np.asarray(e, np.float64)
-        magnitude = np.maximum(np.abs(a64), np.abs(e64))
-        # bfloat16 has 8 significant bits: the spacing at x is 2^(floor(log2 x) - 7).
-        ulp = np.exp2(np.floor(np.log2(np.maximum(magnitude, 1e-30))) - 7)
-        assert np.all(np.abs(a64 - e64) <= ulp)
+    assert_within_one_bfloat16_ulp(updates, expected)
 
 
 def float32_params() -> dict[str, Any]:
