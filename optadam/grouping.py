@@ -3,29 +3,42 @@
 XLA compiles one loop per leaf and per output (Adam: the new ``mu``, the new ``nu``, and the
 update fused into ``optax.apply_updates``) and pays a fixed cost per array at run time. For a
 tree of thousands of small leaves (biases, norms, per-head weights, small MLPs) that cost is the
-whole step: on 2,000 leaves of 1,000 parameters, ``optax.adam`` compiles for ~12 s and steps in
-~26 ms on a 2-core CPU, about 7x the time the same bytes take in one array.
+whole step: on 2,000 leaves of 1,000 parameters, ``optax.adam`` compiles for 11.6 s and steps in
+40 ms on a 2-core CPU, 1.4 GB/s where one leaf of the same kind streams 28 GB/s.
 
-``grouped(tx)`` concatenates the small leaves of each dtype into flat groups of ``group_size``
-leaves, gives ``tx`` the groups instead of the leaves, and slices its updates back into the
-params' tree. The moments of a group are one array each, so XLA makes one loop per group and
-moment, plus the per-leaf slices that ``apply_updates`` needs. Measured on the case above: 2.0 s to
-compile and 10-11 ms per step (BUILD_NOTES.md, "Performance").
+``grouped(tx)`` concatenates small leaves into flat groups of ``group_size`` leaves and hands
+``tx`` the params' own tree with each group's array in place of its first member and None (an
+empty subtree) in place of the others; ``tx``'s updates are sliced back into the params' tree.
+The moments of a group are one array each, so XLA makes one loop per group and moment, plus the
+per-leaf slices that ``apply_updates`` needs. Measured on the case above: 3.0 s to compile and
+14.4 ms per step (``python -m optadam.bench --rounds 5``, BUILD_NOTES.md, "Performance").
 
-Element-wise optimizers (all of optadam's with float moments, and optax's element-wise transforms)
-do the same arithmetic as per leaf. The results are equal to the last bits: Adam's bit for bit in
-our tests; elsewhere XLA's vectorized loop over a group may fuse a multiply-add that a tiny leaf's
-scalar loop rounds twice (10 of 14 optimizers tested are bit for bit, the rest within a few units
-in the last place, ``tests/test_grouping.py``). Transformations that reduce over a leaf
-(per-leaf norms: LARS, LAMB, ``optax.scale_by_trust_ratio``) would see a group as one leaf: do not
-group them. Two optadam options see the difference: 8-bit moments (``state_bits=8``) quantize a
-group as one array (its blocks run over consecutive leaves, and the 4,096-element minimum applies
-to the group), and stochastic rounding draws other (equally random) bits.
+**Which leaves are grouped.** Only leaves that ``tx`` treats alike. At ``init``, ``grouped``
+traces ``tx.update`` on the params (abstractly, nothing runs) and fingerprints each leaf's
+computation: its operations, constants and the roles of its inputs, sizes aside. Leaves of one
+dtype with the same fingerprint form a class, and groups are cut within a class, so masks and
+labels (``mask=`` of ``adamw``, ``optax.masked``, ``optax.multi_transform``, anything looking at
+paths, ranks or shapes) are resolved on the original tree: a decayed and an undecayed bias never
+share a group. Each group is then checked the same way at its place in the packed tree; a group
+that ``tx`` would treat unlike its members (a mask on ``x.ndim`` sees a 1-D group) is rebuilt from
+members with the same trailing dimensions, concatenated along the first (keeping the rank), and
+left ungrouped if that does not match either. Leaves whose update reads their leaf as a whole
+(per-leaf norms: LARS, LAMB, ``optax.scale_by_trust_ratio``; 8-bit moments, quantized in blocks)
+are never grouped. The result: the per-leaf numbers, to the last bits (next paragraph), for
+whatever ``tx`` is; where grouping would change them, that leaf is not grouped. The probe costs
+one abstract trace of ``tx`` over the whole tree at ``init`` (once per tree of shapes).
+
+The arithmetic is the per-leaf one: Adam's results are equal bit for bit in our tests; elsewhere
+XLA's vectorized loop over a group may fuse a multiply-add that a tiny leaf's scalar loop rounds
+twice (10 of 14 optimizers tested are bit for bit, the rest within a few units in the last place,
+``tests/test_grouping.py``). One difference is left on purpose: stochastic rounding's random bits
+(seeded per leaf) are not part of the fingerprint, so a group draws other, equally random, bits.
 
 Grouping pays only when there are many small leaves. A group's concatenation and slices cost XLA
 more to compile than the loops they save when a dtype has a few dozen of them (a ResNet-50's 106
-norm parameters: +0.4 s compile, the same step time), so by default a dtype's small leaves are
-grouped only if there are at least ``min_leaves`` of them; otherwise ``grouped(tx)`` is ``tx``.
+norm parameters: +0.4 s compile, the same step time), so by default a class is grouped only if
+it has at least ``min_leaves`` leaves; if no dtype has that many small leaves, nothing is probed
+and ``tx`` sees the params' tree unchanged.
 
 Groups hold the small leaves of all devices' params in one array; give it leaves that are
 replicated (as small leaves usually are). Leaves larger than ``max_leaf_size`` are never grouped,
@@ -201,10 +214,17 @@ def _fingerprints(
     members = members or {}
     leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
     leaf_paths = {tuple(p): i for i, (p, x) in enumerate(leaves_with_paths) if x is not None}
-    state = jax.eval_shape(tx.init, tree)
-    closed, out = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p), return_shape=True)(
-        tree, state, tree
-    )
+    try:
+        state = jax.eval_shape(tx.init, tree)
+        closed, out = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p), return_shape=True)(
+            tree, state, tree
+        )
+    except TypeError as error:
+        raise TypeError(
+            "optadam.grouped: init traces tx.update(gradients, state, params) to see which "
+            f"leaves it treats alike, and that failed ({error}). A transformation that needs "
+            "extra arguments goes outside: optax.chain(optadam.grouped(tx), other)"
+        ) from error
     jaxpr = closed.jaxpr
     fingerprint: dict[Any, Hashable] = {}
     at: dict[Any, int | None] = {}  # the leaf whose elements a value holds (None: shared)
@@ -367,7 +387,7 @@ def grouped(
     """``tx`` run on the params' small leaves concatenated into groups (see the module's docs).
 
     Example:
-      >>> import jax.numpy as jnp, optax, optadam
+      >>> import jax, jax.numpy as jnp, optax, optadam
       >>> params = {f"bias{i}": jnp.zeros(10) for i in range(300)}
       >>> tx = optadam.grouped(optadam.adam(1e-3))
       >>> state = tx.init(params)
@@ -378,12 +398,14 @@ def grouped(
       (10,)
 
     Args:
-      tx: the transformation to run; element-wise, or its results change (see above).
+      tx: the transformation to run, any optax one; leaves it does not treat element-wise, or
+        treats unlike the others, are left ungrouped (see above). Its ``update`` must trace
+        without extra arguments, as ``init`` probes it so.
       max_leaf_size: leaves with more elements are never grouped (default 65,536: above it a leaf's
         loop costs more than its fixed overhead).
       group_size: leaves per group (default 32; 25 to 60 measured alike, fewer compile slower).
-      min_leaves: a dtype's small leaves are grouped only if there are at least this many
-        (default 256; 1 groups whatever it can).
+      min_leaves: small leaves that ``tx`` treats alike (and of one dtype) are grouped only if
+        there are at least this many (default 256; 1 groups whatever it can).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`GroupedState`; extra
