@@ -171,7 +171,6 @@ _MIXING = re.compile(
 _SIZES = re.compile(r"\[[\d,\s]*\]|\(\d+(?:,\s*\d+)*,?\)")
 #: uint32 constants in printed jaxprs: the seeds of stochastic rounding, one per leaf.
 _SEEDS = re.compile(r"\b\d+(?=:u32)")
-_MANY = -1  # a value computed from several leaves (a global norm, say)
 
 
 def _sub_jaxprs(params: dict[str, Any]) -> Iterator[Any]:
@@ -241,7 +240,7 @@ def _fingerprints(
     def param(value: Any) -> str:
         key = id(value)
         if key not in printed:
-            # (whitespace too: a printed jaxpr breaks its lines by their length)
+            # without sizes, seeds and line breaks (a printed jaxpr wraps lines by their length)
             printed[key] = " ".join(_SEEDS.sub("#", _SIZES.sub("#", str(value))).split())
         return printed[key]
 

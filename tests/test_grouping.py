@@ -422,6 +422,7 @@ def test_composes_with_optax_wrappers_and_injected_hyperparameters():
     assert_trees_equal(grouped, plain)
     hyperparams = state.inner_opt_state.inner_state.inner.hyperparams
     assert float(hyperparams["learning_rate"]) == pytest.approx(0.01)
+    assert len(state.inner_opt_state.inner_state.layout.groups) == 8  # as without the wrappers
 
 
 def test_global_norm_clipping_before_grouping_agrees_to_rounding():
@@ -429,7 +430,8 @@ def test_global_norm_clipping_before_grouping_agrees_to_rounding():
     params, grads = float32_params(), gradients(float32_params(), 6)
     plain, _ = train(optax.chain(optax.clip_by_global_norm(1.0), optadam.adam(0.01)), params, grads)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optadam.adam(0.01))
-    grouped, _ = train(optadam.grouped(tx, min_leaves=1), params, grads)
+    grouped, state = train(optadam.grouped(tx, min_leaves=1), params, grads)
+    assert len(state.layout.groups) == 3  # the 70 float32 leaves: the norm reads them all alike
     for a, e in zip(jax.tree.leaves(grouped), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), rtol=2e-6)
 
