@@ -139,9 +139,11 @@ def test_grouped_training_follows_the_per_leaf_arithmetic(name):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_grouped_bfloat16_updates_are_within_one_rounding_of_per_leaf(name):
-    """One step from the same params and state: the float32 arithmetic may differ in its last
-    bits (a fused multiply-add), and the update is then rounded to bfloat16 once, so the two
-    updates are the same bfloat16 number or neighbours: |a - e| <= 1 ulp at max(|a|, |e|)."""
+    """One step from the initial state: a moment stored in bfloat16 is then a single product of
+    the gradient (nothing to fuse: rounded alike; float32 ones, as AdaGrad's sum, may differ in
+    their last bits), the update's float32 arithmetic may differ in its last bits (a fused
+    multiply-add), and it is rounded to bfloat16 once, so the two updates are the same bfloat16
+    number or neighbours: |a - e| <= 1 ulp at max(|a|, |e|)."""
     params = {k: v for k, v in mixed_params().items() if k.startswith("bf16")}
     (grads,) = gradients(params, 1)
     tx = optadam.grouped(OPTIMIZERS[name](), group_size=16, min_leaves=1)
