@@ -2,9 +2,9 @@
 
 These are the reference trajectories that the tests compare optadam against. They deliberately
 import nothing but NumPy and the standard library. The first part follows the conventions of
-optax 0.2.8; where a paper prints its algorithm differently (AdaGrad's δ, RMSProp's momentum,
-AMSGrad's bias correction, RAdam's threshold, AdamW's decay), the last part transcribes the
-paper as printed, in its own symbols:
+optax 0.2.8. The last part transcribes papers as printed, in their own symbols, where they differ
+from those conventions (AdaGrad's δ, AMSGrad's bias correction and ε, RAdam's threshold and ε,
+AdamW's decay) or write the same algorithm another way (RMSProp's lecture and Graves's equations):
 
 * ``t = 1, 2, ...`` is the step number; the learning rate ``η`` (and the weight decay ``λ``) may
   be a float or a schedule ``f(count)``, evaluated at ``count = t - 1`` (updates applied before).
