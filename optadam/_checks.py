@@ -53,6 +53,14 @@ def in_unit_interval(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {_describe(value)}")
 
 
+def adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
+    """Adam's family (Adam, AMSGrad, NAdam, RAdam): β1, β2 in [0, 1), ε and ε_root >= 0."""
+    in_unit_interval("b1", b1)
+    in_unit_interval("b2", b2)
+    non_negative("eps", eps)
+    non_negative("eps_root", eps_root)
+
+
 def non_negative(name: str, value: Any) -> None:
     """Epsilons, initial accumulators, weight decay: finite and >= 0."""
     array = _real_array(name, value)

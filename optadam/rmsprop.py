@@ -103,13 +103,13 @@ def scale_by_rms(
             moment=2,
             **lean,
         )
-        mu = _quantize.moments_like(
-            params, 0, lambda d: _dtypes.first_moment_dtype(d, mu_dtype), moment=1, **lean
-        )
+        mu = None
+        if centered:
+            mu = _quantize.moments_like(
+                params, 0, lambda d: _dtypes.first_moment_dtype(d, mu_dtype), moment=1, **lean
+            )
         return ScaleByRmsState(
-            count=zero_count(params) if bias_correction or seeded else None,
-            mu=mu if centered else None,
-            nu=nu,
+            count=zero_count(params) if bias_correction or seeded else None, mu=mu, nu=nu
         )
 
     def update_fn(
