@@ -85,6 +85,14 @@ def init_moments(
     return mu, nu
 
 
+def init_adam_state(
+    params: optax.Params, mu_dtype: Any, nu_dtype: Any, state_bits: Any, block_size: Any
+) -> ScaleByAdamState:
+    """Step 0 of Adam, NAdam and RAdam: m_0 = v_0 = 0 (see :func:`init_moments`)."""
+    mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
+    return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
+
+
 def scale_by_adam(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
@@ -126,15 +134,12 @@ def scale_by_adam(
     """
     _checks.adam_args(b1, b2, eps, eps_root)
     _checks.boolean("nesterov", nesterov)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
-        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
+        return init_adam_state(params, mu_dtype, nu_dtype, state_bits, block_size)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
@@ -201,9 +206,7 @@ def scale_by_amsgrad(
     _checks.adam_args(b1, b2, eps, eps_root)
     _checks.boolean("bias_correction_mu", bias_correction_mu)
     _checks.boolean("bias_correction_nu", bias_correction_nu)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _quantize
-from optadam._leafwise import map_leaves, safe_increment, zero_count
+from optadam._leafwise import map_leaves, safe_increment
 from optadam._learning_rate import scale_by_learning_rate
-from optadam.adam import ScaleByAdamState, adam_moments, adam_mu_hat, init_moments
+from optadam.adam import ScaleByAdamState, adam_moments, adam_mu_hat, init_adam_state
 
 
 def scale_by_radam(
@@ -56,15 +56,12 @@ def scale_by_radam(
     _checks.adam_args(b1, b2, eps, eps_root)
     _checks.finite("threshold", threshold)
     _checks.boolean("nesterov", nesterov)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
-        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
+        return init_adam_state(params, mu_dtype, nu_dtype, state_bits, block_size)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None

@@ -83,9 +83,7 @@ def scale_by_rms(
         ("centered", centered),
     ]:
         _checks.boolean(name, flag)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
     lean: dict[str, Any] = {"state_bits": state_bits, "block_size": block_size}
