@@ -59,7 +59,7 @@ import optax
 from jax.extend import core as jax_core
 
 from optadam import _checks
-from optadam._leafwise import _is_none
+from optadam._leafwise import is_none
 
 __all__ = ["GroupedState", "grouped"]
 
@@ -111,7 +111,7 @@ class Layout:
         """``tx``'s output for :meth:`pack`'s tree, sliced back into the params' tree."""
         if not self.groups:
             return packed
-        leaves = jax.tree.leaves(packed, is_leaf=_is_none)
+        leaves = jax.tree.leaves(packed, is_leaf=is_none)
         for members in self.groups:
             flat = jnp.ravel(leaves[members[0]])
             start = 0
@@ -124,7 +124,7 @@ class Layout:
         return jax.tree.unflatten(self.treedef, leaves)
 
     def _leaves(self, tree: Any, what: str) -> list[Any]:
-        leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
+        leaves, treedef = jax.tree.flatten(tree, is_leaf=is_none)
         shapes = [None if x is None else tuple(jnp.shape(x)) for x in leaves]
         if treedef == self.treedef and all(
             s is None or s == expected for s, expected in zip(shapes, self.shapes, strict=True)
@@ -134,8 +134,8 @@ class Layout:
             self.treedef,
             [None if s is None else jax.ShapeDtypeStruct(s, jnp.float32) for s in self.shapes],
         )
-        got, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
-        want, _ = jax.tree_util.tree_flatten_with_path(expected, is_leaf=_is_none)
+        got, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+        want, _ = jax.tree_util.tree_flatten_with_path(expected, is_leaf=is_none)
         for (g_path, g), (w_path, w) in zip(got, want, strict=False):
             g_shape, w_shape = (None if x is None else tuple(jnp.shape(x)) for x in (g, w))
             if g_path != w_path or (g_shape is not None and g_shape != w_shape):
@@ -211,7 +211,7 @@ def _fingerprints(
     set of leaves it reads (``members``: the leaves a group stands for). Leaves whose update
     reads their leaf as a whole (a norm of it) are left out: a group would change it."""
     members = members or {}
-    leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
     leaf_paths = {tuple(p): i for i, (p, x) in enumerate(leaves_with_paths) if x is not None}
     try:
         state = jax.eval_shape(tx.init, tree)
@@ -293,7 +293,7 @@ def _plan(
     group_size: int,
     min_leaves: int,
 ) -> Layout:
-    leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
+    leaves, treedef = jax.tree.flatten(params, is_leaf=is_none)
     shapes = tuple(None if x is None else tuple(jnp.shape(x)) for x in leaves)
     small: dict[Any, list[int]] = {}  # dtype -> indices of its small leaves, in tree order
     for i, (x, shape) in enumerate(zip(leaves, shapes, strict=True)):
@@ -421,7 +421,7 @@ def grouped(
     layouts: dict[Any, Layout] = {}  # planned once per tree of shapes and dtypes
 
     def init_fn(params: optax.Params) -> GroupedState:
-        leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
+        leaves, treedef = jax.tree.flatten(params, is_leaf=is_none)
         key = (treedef, tuple(None if x is None else jax.typeof(x).str_short() for x in leaves))
         if key not in layouts:
             layouts[key] = _plan(inner, params, max_leaf_size, group_size, min_leaves)
