@@ -302,7 +302,10 @@ def _plan(
     if all(len(members) < min_leaves for members in small.values()):
         return Layout(treedef, shapes, (), ())
     sizes = {i: math.prod(shape) for i, shape in enumerate(shapes) if shape is not None}
-    abstract = [None if x is None else jax.ShapeDtypeStruct(jnp.shape(x), x.dtype) for x in leaves]
+    abstract = [
+        None if x is None else jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+        for x in leaves
+    ]
     kinds = _fingerprints(tx, jax.tree.unflatten(treedef, abstract))
     alike: dict[Any, list[int]] = {}  # the small leaves of one dtype that tx treats alike
     for dtype, members in small.items():
@@ -321,12 +324,12 @@ def _plan(
     by_dims: dict[Any, list[int]] = {}
     for group, _ in failed:
         for i in group:
-            shape = shapes[i]
-            if shape:
-                by_dims.setdefault((kinds[i], shape[1:]), []).append(i)
+            shape, dtype = shapes[i], jnp.result_type(leaves[i])
+            if shape is not None and len(shape) > 1:  # (a 1-D group of vectors failed already)
+                by_dims.setdefault((dtype, kinds[i], shape[1:]), []).append(i)
     stacked = [
         (group, (sum(sizes[i] for i in group) // math.prod(dims), *dims))
-        for (_, dims), same in by_dims.items()
+        for (_, _, dims), same in by_dims.items()
         if len(same) > 1
         for group in _chunks(same, group_size)
     ]
