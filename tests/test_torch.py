@@ -679,6 +679,127 @@ def test_refuses_none_gradients_torch_would_skip():
     assert updates["b"] is None
 
 
+# --- param groups -------------------------------------------------------------------------------
+
+# For each optimizer: the defaults, then two groups that differ from them and from each other in
+# schedulable and fixed hyperparameters, over leaves 0 and 1, 3 of `problem`'s four; leaf 2 is in
+# no group. On the torch side "params" are the leaves' indices.
+GROUPS = {
+    "SGD": (
+        {"lr": 5e-3, "momentum": 0.9, "dampening": 0.1},
+        [{"weight_decay": 0.1}, {"lr": 1e-2, "momentum": 0.5, "dampening": 0, "nesterov": True}],
+    ),
+    "Adam": (
+        {"lr": 1e-2, "amsgrad": True},
+        [{"weight_decay": 0.1}, {"lr": 3e-3, "betas": (0.8, 0.99), "maximize": True}],
+    ),
+    "AdamW": ({"lr": 1e-2, "weight_decay": 0.1}, [{"weight_decay": 0.0}, {"betas": (0.5, 0.9)}]),
+    "RMSprop": (
+        {"lr": 1e-3, "momentum": 0.9},
+        [{"centered": True}, {"momentum": 0.0, "alpha": 0.9, "weight_decay": 0.1}],
+    ),
+    "Adagrad": (
+        {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.5},
+        [{"weight_decay": 0.1}, {"lr": 0.1, "eps": 1e-3}],
+    ),
+    "RAdam": (
+        {"lr": 1e-2},
+        [{"weight_decay": 0.1, "decoupled_weight_decay": True}, {"betas": (0.9, 0.99)}],
+    ),
+    "NAdam": ({"lr": 1e-2}, [{"momentum_decay": 0.05}, {"weight_decay": 0.1, "lr": 3e-3}]),
+}
+MEMBERS = [[0], [1, 3]]
+# The same groups as selectors of the list's leaves "0" ... "3": a glob, and a list of a glob and
+# a callable of (path, leaf).
+SELECTORS = ["0", ["1", lambda path, leaf: leaf.ndim == 3]]
+
+
+def grouped_tx(name, selectors=SELECTORS):
+    defaults, groups = GROUPS[name]
+    return getattr(optadam.torch, name)(
+        [{"params": s, **g} for s, g in zip(selectors, groups, strict=True)], **defaults
+    )
+
+
+def torch_groups_run(name, params, grads, changes=None, state_dict=None):
+    """torch's trajectory with GROUPS[name]; ``changes(k)`` (per group dicts, or None) is written
+    into the param groups before step k, as an LR scheduler does."""
+    defaults, groups = GROUPS[name]
+    tensors = [torch.tensor(p, requires_grad=True) for p in params]
+    optimizer = getattr(torch.optim, name)(
+        [{"params": [tensors[i] for i in m], **g} for m, g in zip(MEMBERS, groups, strict=True)],
+        **defaults,
+    )
+    if state_dict is not None:
+        optimizer.load_state_dict(state_dict)
+    trajectory = []
+    for k, g in enumerate(grads):
+        for group, new in zip(optimizer.param_groups, changes(k) if changes else [], strict=False):
+            group.update(new)
+        for p, g_leaf in zip(tensors, g, strict=True):
+            p.grad = torch.tensor(g_leaf)
+        optimizer.step()
+        trajectory.append([p.detach().numpy().copy() for p in tensors])
+    return [np.stack([step[i] for step in trajectory]) for i in range(len(params))], optimizer
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_param_groups_follow_torchs_for_500_steps(request, dtype):
+    _x64_for(request, dtype)
+    params, grads = problem(dtype, 500, seed=11)
+    runs = jax_runs([(grouped_tx(n), params) for n in NAMES], grads)
+    cases = [
+        (n, path, torch_groups_run(n, params, grads)[0])
+        for n, (path, _) in zip(NAMES, runs, strict=True)
+    ]
+    assert_all_close(cases, tolerance(dtype))
+    for path in [path for path, _ in runs]:  # leaf 2 is in no group: never moves
+        assert np.all(path[2] == params[2])
+
+
+def _changes(name, k):
+    """Hyperparameters an LR scheduler might set before step k (cycled momentum and beta1 too)."""
+    lr = GROUPS[name][0]["lr"] * (1 + np.cos(k / 7)) / 2
+    new = [{"lr": lr}, {"lr": lr / 2}]
+    if name in ["SGD", "RMSprop"]:
+        new[0]["momentum"] = 0.85 + 0.1 * np.sin(k / 5)
+    if name in ["Adam", "AdamW", "NAdam", "RAdam"]:
+        new[0]["betas"] = (0.85 + 0.1 * np.sin(k / 5), 0.999)
+        new[1]["betas"] = (0.8, 0.95 + 0.04 * np.cos(k / 9))
+    return new
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_changing_group_hyperparameters_in_the_state_follows_torch_and_never_recompiles(
+    request, dtype
+):
+    """What an LR scheduler does: torch writes param_groups before each step(); here
+    with_group_hyperparams writes the state, from traced values."""
+    _x64_for(request, dtype)
+    params, grads = problem(dtype, 120, seed=12)
+    cases = []
+    for name in NAMES:
+        tx = grouped_tx(name)
+
+        @jax.jit
+        def step(p, state, g, new, tx=tx):
+            updates, state = tx.update(
+                g, optadam.torch._common.with_group_hyperparams(state, new), p
+            )
+            return optax.apply_updates(p, updates), state
+
+        p, state, path = [jnp.asarray(x) for x in params], tx.init(params), []
+        for k, g in enumerate(grads):
+            new = jax.tree.map(lambda x: np.asarray(x, dtype), _changes(name, k))
+            p, state = step(p, state, [jnp.asarray(x) for x in g], new)
+            path.append([np.asarray(x) for x in p])
+        assert step._cache_size() == 1, name
+        ours = [np.stack([s[i] for s in path]) for i in range(len(params))]
+        theirs, _ = torch_groups_run(name, params, grads, lambda k, name=name: _changes(name, k))
+        cases.append((name, ours, theirs))
+    assert_all_close(cases, tolerance(dtype))
+
+
 # --- packaging ----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ direction differs from :func:`optadam.scale_by_adagrad` (and optax), which put �
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -92,7 +93,8 @@ def Adagrad(  # noqa: N802 (torch.optim's class name)
         divides it, schedule or not.
       lr_decay: η, >= 0.
       weight_decay: λ (coupled: added to the gradient), >= 0.
-      initial_accumulator_value: s_0, >= 0.
+      initial_accumulator_value: s_0, >= 0. As in torch, for every group: a group's own value is
+        not used (a warning says so).
       eps: ε, added to the root (outside it), >= 0.
       maximize: ascend the objective.
       foreach, differentiable, fused: torch implementation switches; accepted, no effect.
@@ -108,7 +110,26 @@ def Adagrad(  # noqa: N802 (torch.optim's class name)
         "differentiable": differentiable,
         "fused": fused,
     }
-    return torch_optimizer("Adagrad", params, defaults, _check, _chain, ("lr",))
+    for group in params if isinstance(params, (list, tuple)) else []:
+        value = group.get("initial_accumulator_value", initial_accumulator_value)
+        if isinstance(group, dict) and value != initial_accumulator_value:
+            warnings.warn(
+                f"a param group's initial_accumulator_value ({value}) is not used: torch.optim."
+                "Adagrad fills every group's sum with the constructor's "
+                f"({initial_accumulator_value}), and so does optadam.torch",
+                stacklevel=2,
+            )
+
+    def chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
+        decayed_lr = hyperparams["lr"] / (1 + (t - 1) * group["lr_decay"])  # torch's clr
+        return (
+            negate(group["maximize"]),
+            coupled_decay(group["weight_decay"]),
+            scale_by_adagrad(initial_accumulator_value, group["eps"]),
+            learning_rate(decayed_lr),
+        )
+
+    return torch_optimizer("Adagrad", params, defaults, _check, chain, ("lr",))
 
 
 def _check(group: dict[str, Any]) -> None:
@@ -124,13 +145,3 @@ def _check(group: dict[str, Any]) -> None:
     at_least_zero("eps", group["eps"], "Invalid epsilon value")
     check_flags(group, ("maximize",))
     check_switches(group, ("foreach", "differentiable", "fused"))
-
-
-def _chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
-    decayed_lr = hyperparams["lr"] / (1 + (t - 1) * group["lr_decay"])  # torch's clr
-    return (
-        negate(group["maximize"]),
-        coupled_decay(group["weight_decay"]),
-        scale_by_adagrad(group["initial_accumulator_value"], group["eps"]),
-        learning_rate(decayed_lr),
-    )
