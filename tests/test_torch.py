@@ -7,6 +7,7 @@ away from 0 so that no leaf (the scalar one included) crosses 0, where a relativ
 nothing.
 """
 
+import functools
 import inspect
 import re
 import subprocess
@@ -734,12 +735,14 @@ def torch_groups_run(name, params, grads, changes=None, state_dict=None):
         optimizer.load_state_dict(state_dict)
     trajectory = []
     for k, g in enumerate(grads):
-        for group, new in zip(optimizer.param_groups, changes(k) if changes else [], strict=False):
+        for group, new in zip(optimizer.param_groups, (changes and changes(k)) or [], strict=False):
             group.update(new)
         for p, g_leaf in zip(tensors, g, strict=True):
             p.grad = torch.tensor(g_leaf)
         optimizer.step()
         trajectory.append([p.detach().numpy().copy() for p in tensors])
+    if not trajectory:
+        return [], optimizer
     return [np.stack([step[i] for step in trajectory]) for i in range(len(params))], optimizer
 
 
@@ -769,35 +772,239 @@ def _changes(name, k):
     return new
 
 
+def our_groups_run(name, params, grads, changes=None, state=None):
+    """Our trajectory with GROUPS[name], one jitted step; ``changes(k)`` (per group dicts, or None)
+    is written into the state with with_group_hyperparams before step k, from traced values."""
+    tx = grouped_tx(name)
+    dtype = optadam.torch._groups.hyperparameter_dtype()
+
+    @jax.jit
+    def step(p, state, g, new):
+        if new is not None:
+            state = optadam.torch._common.with_group_hyperparams(state, new)
+        updates, state = tx.update(g, state, p)
+        return optax.apply_updates(p, updates), state
+
+    p = [jnp.asarray(x) for x in params]
+    state, path = tx.init(p) if state is None else state, []
+    for k, g in enumerate(grads):
+        new = changes(k) if changes else None
+        new = jax.tree.map(lambda x: np.asarray(x, dtype), new)
+        p, state = step(p, state, [jnp.asarray(x) for x in g], new)
+        path.append([np.asarray(x) for x in p])
+    trajectory = [np.stack([s[i] for s in path]) for i in range(len(params))]
+    return trajectory, state, step._cache_size()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_changing_group_hyperparameters_in_the_state_follows_torch_and_never_recompiles(
     request, dtype
 ):
     """What an LR scheduler does: torch writes param_groups before each step(); here
-    with_group_hyperparams writes the state, from traced values."""
+    with_group_hyperparams writes the state."""
     _x64_for(request, dtype)
     params, grads = problem(dtype, 120, seed=12)
     cases = []
     for name in NAMES:
-        tx = grouped_tx(name)
-
-        @jax.jit
-        def step(p, state, g, new, tx=tx):
-            updates, state = tx.update(
-                g, optadam.torch._common.with_group_hyperparams(state, new), p
-            )
-            return optax.apply_updates(p, updates), state
-
-        p, state, path = [jnp.asarray(x) for x in params], tx.init(params), []
-        for k, g in enumerate(grads):
-            new = jax.tree.map(lambda x: np.asarray(x, dtype), _changes(name, k))
-            p, state = step(p, state, [jnp.asarray(x) for x in g], new)
-            path.append([np.asarray(x) for x in p])
-        assert step._cache_size() == 1, name
-        ours = [np.stack([s[i] for s in path]) for i in range(len(params))]
-        theirs, _ = torch_groups_run(name, params, grads, lambda k, name=name: _changes(name, k))
-        cases.append((name, ours, theirs))
+        changes = functools.partial(_changes, name)
+        ours, _, compiled = our_groups_run(name, params, grads, changes)
+        assert compiled == 1, name
+        cases.append((name, ours, torch_groups_run(name, params, grads, changes)[0]))
     assert_all_close(cases, tolerance(dtype))
+
+
+def test_group_hyperparams_reads_torchs_keys_and_the_initial_values():
+    params, _ = problem(np.float32, 0)
+    for name in NAMES:
+        values = optadam.torch._common.group_hyperparams(grouped_tx(name).init(params))
+        _, optimizer = torch_groups_run(name, params, [])
+        for ours, theirs in zip(values, optimizer.param_groups, strict=True):
+            assert set(ours) == {"lr", "momentum", "betas"} & set(theirs), name
+            for key, value in ours.items():
+                np.testing.assert_allclose(value, theirs[key], rtol=1e-7)
+
+
+def test_param_groups_are_torchs_with_the_defaults_filled_in():
+    for name in NAMES:
+        _, optimizer = torch_groups_run(name, problem(np.float32, 0)[0], [])
+        ours = grouped_tx(name).param_groups
+        assert [g["params"] for g in ours] == SELECTORS
+        assert [{k: v for k, v in g.items() if k != "params"} for g in ours] == [
+            {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+        ]
+
+
+def _changes_until(name, stop):
+    return lambda k: _changes(name, k) if k < stop else None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_runs_resume_across_both_ways_with_their_current_hyperparameters(request, dtype):
+    """Hyperparameters changed during the first 40 steps (as by a scheduler) travel in the state
+    dict: the resumed run goes on with them."""
+    _x64_for(request, dtype)
+    params, grads = problem(dtype, 80, seed=13)
+    cases = []
+    for name in NAMES:
+        changes = _changes_until(name, 40)
+        whole, _ = torch_groups_run(name, params, grads, changes)
+        first, optimizer = torch_groups_run(name, params, grads[:40], changes)
+        middle = [leaf[-1] for leaf in first]
+        state = optadam.torch.load_state_dict(grouped_tx(name), optimizer.state_dict(), middle)
+        resumed, _, _ = our_groups_run(name, middle, grads[40:], state=state)
+        cases.append((f"{name} torch->optadam", resumed, [leaf[40:] for leaf in whole]))
+
+        whole, _, _ = our_groups_run(name, params, grads, changes)
+        first, state, _ = our_groups_run(name, params, grads[:40], changes)
+        middle = [leaf[-1] for leaf in first]
+        exported = optadam.torch.state_dict(grouped_tx(name), state, middle)
+        resumed, _ = torch_groups_run(name, middle, grads[40:], state_dict=exported)
+        cases.append((f"{name} optadam->torch", resumed, [leaf[40:] for leaf in whole]))
+    assert_all_close(cases, tolerance(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grouped_state_dicts_round_trip_both_ways(name):
+    params, grads = problem(np.float32, 5, seed=14)
+    _, optimizer = torch_groups_run(name, params, grads)
+    theirs = optimizer.state_dict()
+    tx = grouped_tx(name)
+    ours = optadam.torch.load_state_dict(tx, theirs, params)
+    back = optadam.torch.state_dict(tx, ours, params)
+    assert back["param_groups"] == theirs["param_groups"]
+    assert back["state"].keys() == theirs["state"].keys() == {0, 1, 2}  # leaf 2 has no index
+    for i, entry in theirs["state"].items():
+        assert back["state"][i].keys() == entry.keys()
+        for k, value in entry.items():
+            assert _tensors_equal(back["state"][i][k], value), (i, k)
+
+
+def test_load_names_the_group_that_does_not_match():
+    params, grads = problem(np.float32, 3, seed=15)
+    _, optimizer = torch_groups_run("Adam", params, grads)
+    theirs = optimizer.state_dict()
+    with pytest.raises(ValueError, match=r"param_groups\[1\] has 2 parameters .* selects 1 leaves"):
+        optadam.torch.load_state_dict(grouped_tx("Adam", ["0", "1"]), theirs, params)
+    with pytest.raises(ValueError, match=r"param_groups\[1\] differs from tx's in maximize \(Tr"):
+        optadam.torch.load_state_dict(
+            optadam.torch.Adam(
+                [{"params": "0", "weight_decay": 0.1}, {"params": "[13]", "betas": (0.8, 0.99)}],
+                lr=1e-2,
+                amsgrad=True,
+            ),
+            theirs,
+            params,
+        )
+
+
+def _sgd_moves(selector, params):
+    """Which leaves ``SGD([{"params": selector}], lr=1)`` updates."""
+    tx = optadam.torch.SGD([{"params": selector}], lr=1.0)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    moved = jax.tree_util.tree_flatten_with_path(updates)[0]
+    return {optadam.torch._groups.path_name(path) for path, u in moved if np.any(u != 0)}
+
+
+def test_selectors_are_globs_on_slash_joined_paths_callables_or_lists():
+    params = {
+        "encoder": {"layer": [{"w": jnp.ones((2, 2)), "bias": jnp.ones(2)}], "bias": jnp.ones(2)},
+        "head": {"w": jnp.ones((2, 3)), "bias": jnp.ones(3)},
+    }
+    assert _sgd_moves("*/bias", params) == {"encoder/bias", "head/bias"}
+    assert _sgd_moves("encoder/**", params) == {
+        "encoder/bias",
+        "encoder/layer/0/w",
+        "encoder/layer/0/bias",
+    }
+    assert _sgd_moves("**/bias", params) == {"encoder/bias", "encoder/layer/0/bias", "head/bias"}
+    assert _sgd_moves("encoder/layer/?/w", params) == {"encoder/layer/0/w"}
+    assert _sgd_moves(lambda path, leaf: leaf.ndim == 2, params) == {"encoder/layer/0/w", "head/w"}
+    assert _sgd_moves(["h*/w", lambda path, leaf: leaf.size == 3], params) == {
+        "head/w",
+        "head/bias",
+    }
+
+
+def test_leaves_in_no_group_get_zero_updates_and_no_state():
+    params = {"w": jnp.ones(3), "frozen": jnp.ones(4)}
+    tx = optadam.torch.Adam([{"params": "w"}], lr=0.1)
+    state = tx.init(params)
+    assert [x.shape for x in jax.tree.leaves(state.groups)] == [(3,), (3,)]  # mu, nu of w alone
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    assert np.all(updates["frozen"] == 0) and np.all(updates["w"] != 0)
+
+
+@pytest.mark.parametrize(
+    ("groups", "error", "message"),
+    [
+        ([], ValueError, "empty parameter list"),
+        ({"params": "w"}, TypeError, "got a dict: wrap one group in a list"),
+        ([{"lr": 0.1}], ValueError, r"param_groups\[0\] has no 'params'"),
+        ([{"params": {"w"}}], TypeError, "ordered collections"),
+        ([{"params": 3}], TypeError, "a selector is a glob string, a callable"),
+        ([{"params": "w", "momentum": 0.9}], ValueError, r"unknown keys \['momentum'\]"),
+        ([{"params": "w"}, {"params": "b", "lr": -1.0}], ValueError, r"param_groups\[1\]: lr"),
+        ([{"params": "w", "betas": (0.9, 1.0)}], ValueError, r"param_groups\[0\]: betas\[1\]"),
+    ],
+)
+def test_bad_param_groups_are_refused_at_construction(groups, error, message):
+    with pytest.raises(error, match=message):
+        optadam.torch.Adam(groups)
+
+
+def test_a_leaf_in_two_groups_or_a_group_that_selects_nothing_is_refused_naming_them():
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    tx = optadam.torch.Adam([{"params": "*"}, {"params": ["w"], "name": "decay", "lr": 0.1}])
+    with pytest.raises(
+        ValueError, match=r"leaf w is in param_groups\[0\] and in .*\[1\] \('decay'\)"
+    ):
+        tx.init(params)
+    tx = optadam.torch.Adam([{"params": "w"}, {"params": "*/bias"}])
+    with pytest.raises(ValueError, match=r"param_groups\[1\] selects no leaf .*'\*/bias'"):
+        tx.init(params)
+
+
+def test_with_group_hyperparams_names_what_does_not_fit():
+    tx = optadam.torch.SGD([{"params": "w"}, {"params": "b"}], momentum=0.9)
+    state = tx.init({"w": jnp.ones(3), "b": jnp.ones(2)})
+    with pytest.raises(ValueError, match="has 2 param groups, got 1"):
+        optadam.torch._common.with_group_hyperparams(state, [{"lr": 0.1}])
+    with pytest.raises(ValueError, match=r"param_groups\[1\] has .* got \['betas'\]"):
+        optadam.torch._common.with_group_hyperparams(state, [{}, {"betas": (0.9, 0.99)}])
+    new = optadam.torch._common.with_group_hyperparams(state, [{}, {"lr": 0.5}])
+    assert jax.tree.structure(new) == jax.tree.structure(state)
+    assert float(optadam.torch._common.group_hyperparams(new)[1]["lr"]) == 0.5
+
+
+def test_a_schedule_lr_shows_the_next_steps_value_and_is_not_overridden():
+    tx = optadam.torch.SGD(lr=lambda k: 0.1 / (k + 1))
+    params = jnp.ones(2)
+    state = tx.init(params)
+    assert float(optadam.torch._common.group_hyperparams(state)[0]["lr"]) == pytest.approx(0.1)
+    state = optadam.torch._common.with_group_hyperparams(state, [{"lr": 7.0}])
+    updates, state = tx.update(jnp.ones(2), state, params)
+    np.testing.assert_allclose(updates, -0.1)  # the schedule's lr(0), not 7
+    assert float(optadam.torch._common.group_hyperparams(state)[0]["lr"]) == pytest.approx(0.05)
+
+
+def test_grouped_state_is_sharded_like_the_params():
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    sharding = {
+        "w": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model")),
+        "b": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model")),
+    }
+    params = {"w": jnp.ones((8, 4)), "b": jnp.ones(4), "frozen": jnp.ones(3)}
+    params = {k: jax.device_put(v, sharding.get(k, jax.devices()[0])) for k, v in params.items()}
+    tx = optadam.torch.AdamW([{"params": "w"}, {"params": "b", "weight_decay": 0.0}], amsgrad=True)
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and k.key in params]
+        if keys:
+            assert leaf.sharding.is_equivalent_to(sharding[keys[-1]], leaf.ndim), path
+        else:  # the count and the hyperparameters
+            assert leaf.ndim == 0 and leaf.sharding.is_fully_replicated, path
+            assert leaf.sharding.device_set == set(mesh.devices.flat), path
 
 
 # --- packaging ----------------------------------------------------------------------------------
