@@ -670,6 +670,56 @@ def test_rejects_bad_hyperparameters(name, kwargs, error, message):
         getattr(optadam.torch, name)(**kwargs)
 
 
+NUMERIC = {
+    "SGD": ["lr", "momentum", "dampening", "weight_decay"],
+    "Adam": ["lr", "eps", "weight_decay", "betas[0]", "betas[1]"],
+    "AdamW": ["lr", "eps", "weight_decay", "betas[0]", "betas[1]"],
+    "RMSprop": ["lr", "alpha", "eps", "weight_decay", "momentum"],
+    "Adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
+    "RAdam": ["lr", "eps", "weight_decay", "betas[0]", "betas[1]"],
+    "NAdam": ["lr", "eps", "weight_decay", "momentum_decay", "betas[0]", "betas[1]"],
+}
+
+
+def _refusal(build):
+    try:
+        build()
+    except (TypeError, ValueError) as error:
+        return type(error).__name__
+    return None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constructors_accept_and_refuse_exactly_what_torchs_do(name):
+    """torch 2.13's checks (``not 0 <= x``, SGD's ``x < 0``, betas' ``0 <= β < 1``) over edge
+    values; e.g. SGD(momentum=1.0) and RMSprop(alpha=1.5) are accepted, as by torch."""
+    differ = []
+    for arg in NUMERIC[name]:
+        for value in [-1.0, -0.0, 0.0, 0.5, 1.0, 1.5, float("inf"), float("nan")]:
+            kwargs = {arg: value}
+            if arg.startswith("betas"):
+                kwargs = {"betas": (value, 0.999) if arg == "betas[0]" else (0.9, value)}
+            tensor = torch.zeros(1, requires_grad=True)
+            theirs = _refusal(lambda k=kwargs, t=tensor: getattr(torch.optim, name)([t], **k))
+            ours = _refusal(lambda kwargs=kwargs: getattr(optadam.torch, name)(**kwargs))
+            if theirs != ours:
+                differ.append(f"{kwargs}: torch {theirs}, optadam {ours}")
+    assert not differ, differ
+
+
+def test_momentum_and_alpha_of_one_run_as_in_torch():
+    params, grads = problem(np.float64, 30, seed=16)
+    # α > 1 makes v_1 = (1 − α)·g² negative: NaN from the first step, in torch too.
+    configs = [("SGD", {"lr": 1e-3, "momentum": 1.0}), ("RMSprop", {"alpha": 1.0, "eps": 1.0})]
+    with jax.enable_x64(True):
+        runs = jax_runs([(getattr(optadam.torch, n)(**k), params) for n, k in configs], grads)
+    cases = [
+        (n, path, torch_run(n, k, params, grads)[0])
+        for (n, k), (path, _) in zip(configs, runs, strict=True)
+    ]
+    assert_all_close(cases, 1e-10)
+
+
 def test_refuses_none_gradients_torch_would_skip():
     tx = optadam.torch.Adam()
     params = {"a": jnp.ones(2), "b": jnp.ones(3)}
