@@ -1095,6 +1095,37 @@ def test_readme_porting_example_runs_as_torch_would():
     np.testing.assert_allclose(params["b"], b.detach().numpy(), rtol=1e-6)
 
 
+def test_readme_param_groups_example_runs_in_a_fresh_process_as_torch_would(tmp_path):
+    code = re.findall(r"```python\n(.*?)```", PORTING.split("### Param groups", 1)[1], re.S)[0]
+    out = tmp_path / "params.npz"
+    save = f"\nimport numpy as np\nnp.savez({str(out)!r}, **{{'/'.join(k.key for k in p): x "
+    save += "for p, x in jax.tree_util.tree_flatten_with_path(params)[0]})\n"
+    subprocess.run([sys.executable, "-c", code + save], check=True, capture_output=True)
+    ours = np.load(out)
+    shapes = {"encoder/w": (4, 4), "encoder/bias": (4,), "encoder/norm/scale": (4,)}
+    shapes |= {"head/w": (4, 2), "head/bias": (2,)}
+    tensors = {
+        k: (torch.zeros if k.endswith("bias") else torch.ones)(v, requires_grad=True)
+        for k, v in shapes.items()
+    }
+    for t in tensors.values():
+        t.grad = torch.ones_like(t)
+    groups = [["encoder/w"], ["encoder/bias", "encoder/norm/scale"], ["head/w", "head/bias"]]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [tensors[k] for k in groups[0]]},
+            {"params": [tensors[k] for k in groups[1]], "weight_decay": 0.0},
+            {"params": [tensors[k] for k in groups[2]], "lr": 1e-3},
+        ],
+        lr=3e-4,
+        weight_decay=0.1,
+    )
+    optimizer.step()
+    assert set(ours) == set(tensors)
+    for k, t in tensors.items():
+        np.testing.assert_allclose(ours[k], t.detach().numpy(), rtol=1e-6, err_msg=k)
+
+
 def test_readme_maps_every_torch_option():
     section = PORTING
     for name in NAMES:
