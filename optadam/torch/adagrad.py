@@ -82,12 +82,14 @@ def Adagrad(  # noqa: N802 (torch.optim's class name)
     differentiable: bool = False,
     fused: bool | None = None,
 ) -> TorchOptimizer:
-    r"""torch.optim.Adagrad, same arguments and defaults (less ``params``), see the module.
+    r"""torch.optim.Adagrad, same arguments and defaults, see the module.
 
     ``torch.optim.Adagrad(model.parameters(), lr=0.05, lr_decay=1e-4)`` becomes
     ``optadam.torch.Adagrad(lr=0.05, lr_decay=1e-4)``.
 
     Args:
+      params: torch's first argument: None (every leaf, one group), a selector of leaves, or a
+        list of param group dicts (see :mod:`optadam.torch`).
       lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
         step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`). lr_decay
         divides it, schedule or not.

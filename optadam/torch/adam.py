@@ -117,12 +117,14 @@ def Adam(  # noqa: N802 (torch.optim's class name)
     fused: bool | None = None,
     decoupled_weight_decay: bool = False,
 ) -> TorchOptimizer:
-    r"""torch.optim.Adam, same arguments and defaults (less ``params``), see the module.
+    r"""torch.optim.Adam, same arguments and defaults, see the module.
 
     ``torch.optim.Adam(model.parameters(), lr=3e-4, betas=(0.9, 0.95))`` becomes
     ``optadam.torch.Adam(lr=3e-4, betas=(0.9, 0.95))``.
 
     Args:
+      params: torch's first argument: None (every leaf, one group), a selector of leaves, or a
+        list of param group dicts (see :mod:`optadam.torch`).
       lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
         step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`).
       betas: (β1, β2), each in [0, 1).
@@ -141,7 +143,7 @@ def Adam(  # noqa: N802 (torch.optim's class name)
       >>> tx = optadam.torch.Adam(lr=0.1)
       >>> updates, state = tx.update({"w": jnp.array([0.5, -3.0])}, tx.init(params))
       >>> optax.apply_updates(params, updates)["w"]  # Adam's first step is about γ·sign(g)
-      Array([ 0.9, -1.9], dtype=float32)
+      Array([ 0.90000004, -1.9 ], dtype=float32)
     """
     defaults = {
         "lr": lr,

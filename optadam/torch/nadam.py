@@ -109,12 +109,14 @@ def NAdam(  # noqa: N802 (torch.optim's class name)
     capturable: bool = False,
     differentiable: bool = False,
 ) -> TorchOptimizer:
-    r"""torch.optim.NAdam, same arguments and defaults (less ``params``), see the module.
+    r"""torch.optim.NAdam, same arguments and defaults, see the module.
 
     ``torch.optim.NAdam(model.parameters(), lr=1e-3, momentum_decay=4e-3)`` becomes
     ``optadam.torch.NAdam(lr=1e-3, momentum_decay=4e-3)``.
 
     Args:
+      params: torch's first argument: None (every leaf, one group), a selector of leaves, or a
+        list of param group dicts (see :mod:`optadam.torch`).
       lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
         step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`).
       betas: (β1, β2), each in [0, 1).

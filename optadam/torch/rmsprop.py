@@ -108,12 +108,14 @@ def RMSprop(  # noqa: N802 (torch.optim's class name)
     maximize: bool = False,
     differentiable: bool = False,
 ) -> TorchOptimizer:
-    r"""torch.optim.RMSprop, same arguments and defaults (less ``params``), see the module.
+    r"""torch.optim.RMSprop, same arguments and defaults, see the module.
 
     ``torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.9, centered=True)`` becomes
     ``optadam.torch.RMSprop(lr=1e-3, momentum=0.9, centered=True)``.
 
     Args:
+      params: torch's first argument: None (every leaf, one group), a selector of leaves, or a
+        list of param group dicts (see :mod:`optadam.torch`).
       lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
         step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`).
       alpha: α, the decay of the moving averages, >= 0.

@@ -51,12 +51,14 @@ def SGD(  # noqa: N802 (torch.optim's class name)
     differentiable: bool = False,
     fused: bool | None = None,
 ) -> TorchOptimizer:
-    r"""torch.optim.SGD, same arguments and defaults (less ``params``), see the module.
+    r"""torch.optim.SGD, same arguments and defaults, see the module.
 
     ``torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)`` becomes
     ``optadam.torch.SGD(lr=0.1, momentum=0.9, nesterov=True)``.
 
     Args:
+      params: torch's first argument: None (every leaf, one group), a selector of leaves, or a
+        list of param group dicts (see :mod:`optadam.torch`).
       lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
         step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`).
       momentum: μ, >= 0; 0 keeps no buffer.
