@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam._leafwise import replicated_scalar
+from optadam._leafwise import is_none, replicated_scalar
 
 # Group keys that are not hyperparameters: the selector, and a label for logs and errors.
 _NOT_HYPERPARAMETERS = ("params", "name")
@@ -43,10 +43,6 @@ class TorchState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # torch's step: the updates taken (0 before the first), one for all
     hyperparams: tuple[dict[str, Any], ...]  # per group: lr, momentum / betas, as float arrays
     groups: tuple[optax.OptState, ...]  # per group: its chain's state over the group's leaves
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def path_name(path: Sequence[Any]) -> str:
@@ -146,7 +142,7 @@ def owners(groups: Sequence[Mapping[str, Any]], params: optax.Params) -> list[in
     """For each leaf of ``params`` (None leaves included, as positions), the index of the group
     that selects it, or None. A leaf two groups select, and a group that selects nothing, are
     errors (the single default group may be empty: an empty tree)."""
-    paths, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+    paths, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
     result: list[int | None] = []
     for path, leaf in paths:
         owner = None
@@ -175,7 +171,7 @@ def owners(groups: Sequence[Mapping[str, Any]], params: optax.Params) -> list[in
 def split(tree: Any, owner: list[int | None], k: int) -> Any:
     """``tree`` with the leaves of group ``k`` kept and ``optax.MaskedNode()`` at the others (None
     leaves stay None)."""
-    leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=is_none)
     kept = [
         x if x is None or o == k else optax.MaskedNode() for x, o in zip(leaves, owner, strict=True)
     ]
@@ -185,7 +181,7 @@ def split(tree: Any, owner: list[int | None], k: int) -> Any:
 def merge(parts: Sequence[Any], like: Any, owner: list[int | None]) -> Any:
     """The updates of each group's leaves put back in one tree like ``like`` (its leaves that no
     group holds get a zero update)."""
-    leaves, treedef = jax.tree.flatten(like, is_leaf=_is_none)
+    leaves, treedef = jax.tree.flatten(like, is_leaf=is_none)
     columns = [
         jax.tree.leaves(p, is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
         for p in parts

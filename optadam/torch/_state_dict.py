@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optadam._leafwise import is_none
 from optadam.adagrad import ScaleByAdagradState
 from optadam.torch import _groups
 from optadam.torch._common import MomentumBufferState, TorchOptimizer, TorchState
@@ -145,7 +146,7 @@ class _Layout:
     leaves in leaf order."""
 
     def __init__(self, tx: TorchOptimizer, params: optax.Params) -> None:
-        paths, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
+        paths, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
         owner = _groups.owners(tx.param_groups, params)
         self.members = [
             [i for i, o in enumerate(owner) if o == k] for k in range(len(tx.param_groups))
