@@ -8,7 +8,8 @@ pytree:
 * a glob on the leaf's key path joined with "/" (``"*/bias"``, ``"encoder/**"``): ``*`` and ``?``
   match within one path component, ``**`` any number of whole components;
 * a callable ``(path, leaf) -> bool`` (``path`` as ``jax.tree_util`` gives it; ``leaf`` the
-  parameter, or its gradient when ``update`` is called without params);
+  parameter, or its gradient when ``update`` is called without params; a complex one as its
+  real (re, im) view, shape ``(*shape, 2)``, as torch's ``view_as_real``);
 * a list of these (a leaf is selected if any selects it).
 
 As in torch, leaves in no group are not optimized (zero update, no state), a leaf in two groups is
