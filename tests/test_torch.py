@@ -7,6 +7,7 @@ away from 0 so that no leaf (the scalar one included) crosses 0, where a relativ
 nothing.
 """
 
+import functools
 import inspect
 import re
 import subprocess
@@ -198,7 +199,13 @@ def test_every_option_combination_follows_torch(request, name, dtype):
 
 
 def test_option_grid_covers_every_option():
-    switches = {"foreach", "fused", "capturable", "differentiable"}
+    switches = {
+        "params",
+        "foreach",
+        "fused",
+        "capturable",
+        "differentiable",
+    }  # params: groups' tests
     for name in NAMES:
         used = {key for kwargs in _grid(name) for key in kwargs}
         options = set(inspect.signature(getattr(optadam.torch, name)).parameters) - switches
@@ -454,7 +461,7 @@ def test_sgd_with_a_schedule_needs_the_step_torch_does_not_keep():
     with pytest.raises(ValueError, match="pass step="):
         optadam.torch.load_state_dict(tx, optimizer.state_dict(), params)
     state = optadam.torch.load_state_dict(tx, optimizer.state_dict(), params, step=5)
-    assert int(state[-1].count) == 5
+    assert int(state.count) == 5
 
 
 def test_resumed_schedule_continues_where_torch_left_off(x64):
@@ -480,7 +487,7 @@ def _adam_state_dict(steps=3):
 
 def test_load_rejects_another_number_of_parameters():
     params, theirs = _adam_state_dict()
-    with pytest.raises(ValueError, match=r"has 4 parameters .* but params has 3 leaves"):
+    with pytest.raises(ValueError, match=r"has 4 parameters .* tx's group selects 3 leaves"):
         optadam.torch.load_state_dict(optadam.torch.Adam(), theirs, params[:3])
 
 
@@ -497,6 +504,9 @@ def test_load_rejects_unknown_and_missing_keys():
     with pytest.raises(ValueError, match=r"unknown keys \['surprise'\], missing keys \[\]"):
         optadam.torch.load_state_dict(optadam.torch.Adam(), theirs, params)
     params, theirs = _adam_state_dict()
+    with pytest.raises(ValueError, match=r"differs from tx's in amsgrad \(False in torch, True"):
+        optadam.torch.load_state_dict(optadam.torch.Adam(amsgrad=True), theirs, params)
+    theirs["param_groups"][0]["amsgrad"] = True
     with pytest.raises(ValueError, match=r"missing keys \['max_exp_avg_sq'\]"):
         optadam.torch.load_state_dict(optadam.torch.Adam(amsgrad=True), theirs, params)
 
@@ -518,21 +528,27 @@ def test_load_reads_param_groups_in_order_and_refuses_different_hyperparameters(
             p.grad = torch.tensor(g_leaf)
         optimizer.step()
     theirs = optimizer.state_dict()  # indices 0, 1 are tensors[2:], 2, 3 are tensors[:2]
-    reordered = params[2:] + params[:2]
-    state = optadam.torch.load_state_dict(optadam.torch.Adam(lr=1e-2), theirs, reordered)
-    for leaf, tensor in zip(state[0].mu, tensors[2:] + tensors[:2], strict=True):
+    tx = optadam.torch.Adam([{"params": ["2", "3"]}, {"params": ["0", "1"]}], lr=1e-2)
+    state = optadam.torch.load_state_dict(tx, theirs, params)
+    mu = [*jax.tree.leaves(state.groups[0][0].mu), *jax.tree.leaves(state.groups[1][0].mu)]
+    for leaf, tensor in zip(mu, tensors[2:] + tensors[:2], strict=True):
         assert np.array_equal(leaf, optimizer.state[tensor]["exp_avg"].numpy())
     theirs["param_groups"][1]["weight_decay"] = 0.1
     with pytest.raises(
-        ValueError, match=r"param_groups\[0\] and param_groups\[1\] differ in \['we"
+        ValueError, match=r"param_groups\[1\] differs from tx's in weight_decay \(0.1 in torch, 0"
     ):
-        optadam.torch.load_state_dict(optadam.torch.Adam(lr=1e-2), theirs, reordered)
+        optadam.torch.load_state_dict(tx, theirs, params)
+    with pytest.raises(ValueError, match=r"torch state dict has 2 param groups, tx has 1"):
+        optadam.torch.load_state_dict(optadam.torch.Adam(lr=1e-2), theirs, params)
 
 
 def test_load_rejects_steps_that_differ_between_parameters():
     params, theirs = _adam_state_dict()
     theirs["state"][3]["step"] = torch.tensor(2.0)
-    with pytest.raises(ValueError, match=r"one step for all parameters.* 3.0 for parameter 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"one step for all parameters.* 3 for parameter 0 \(leaf 0\) and 2 for par",
+    ):
         optadam.torch.load_state_dict(optadam.torch.Adam(), theirs, params)
     params, theirs = _adam_state_dict()
     del theirs["state"][1]
@@ -561,18 +577,20 @@ def test_export_rejects_a_state_of_another_optimizer():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signature_is_torchs_less_params(name):
-    theirs = list(inspect.signature(getattr(torch.optim, name).__init__).parameters.values())[2:]
+    """torch's ``params`` has no default; here None means one group of every leaf."""
+    theirs = list(inspect.signature(getattr(torch.optim, name).__init__).parameters.values())[1:]
     ours = list(inspect.signature(getattr(optadam.torch, name)).parameters.values())
-    assert [(p.name, p.kind, p.default) for p in ours] == [
-        (p.name, p.kind, p.default) for p in theirs
+    assert (ours[0].name, ours[0].kind, ours[0].default) == ("params", theirs[0].kind, None)
+    assert [(p.name, p.kind, p.default) for p in ours[1:]] == [
+        (p.name, p.kind, p.default) for p in theirs[1:]
     ]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_param_group_is_torchs(name):
+def test_defaults_are_torchs(name):
     _, optimizer = torch_run(name, {}, [np.ones(2, np.float32)], [])
     group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    assert getattr(optadam.torch, name)().param_group == group
+    assert getattr(optadam.torch, name)().defaults == optimizer.defaults == group
 
 
 SWITCHES = {
@@ -621,30 +639,85 @@ def test_implementation_switches_are_checked_as_torch_checks_them():
 @pytest.mark.parametrize(
     ("name", "kwargs", "error", "message"),
     [
-        ("SGD", {"lr": -0.1}, ValueError, "lr must be finite and >= 0"),
-        ("SGD", {"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\)"),
-        ("SGD", {"dampening": -0.5}, ValueError, "dampening must be finite and >= 0"),
+        ("SGD", {"lr": -0.1}, ValueError, "lr must be >= 0.*Invalid learning rate: -0.1"),
+        ("SGD", {"momentum": -0.1}, ValueError, "momentum must be >= 0.*Invalid momentum value"),
+        ("SGD", {"dampening": "none"}, TypeError, "dampening must be a real number"),
         ("SGD", {"nesterov": True}, ValueError, "nesterov=True requires a momentum > 0"),
         ("SGD", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, ValueError, "zero damp"),
         ("Adam", {"betas": (1.0, 0.999)}, ValueError, r"betas\[0\] must be in \[0, 1\)"),
         ("Adam", {"betas": (0.9, -0.1)}, ValueError, r"betas\[1\] must be in \[0, 1\)"),
         ("Adam", {"betas": 0.9}, TypeError, "betas must be a pair"),
-        ("Adam", {"eps": -1e-8}, ValueError, "eps must be finite and >= 0"),
-        ("AdamW", {"weight_decay": -0.01}, ValueError, "weight_decay must be finite and >= 0"),
+        ("Adam", {"eps": -1e-8}, ValueError, "eps must be >= 0.*Invalid epsilon value"),
+        (
+            "AdamW",
+            {"weight_decay": -0.01},
+            ValueError,
+            "weight_decay must be >= 0.*Invalid weight_decay",
+        ),
         ("Adam", {"amsgrad": 1}, TypeError, "amsgrad must be True or False"),
         ("Adam", {"maximize": None}, TypeError, "maximize must be True or False"),
-        ("RMSprop", {"alpha": 1.5}, ValueError, r"alpha must be in \[0, 1\)"),
+        ("RMSprop", {"alpha": -0.5}, ValueError, "alpha must be >= 0.*Invalid alpha value"),
         ("RMSprop", {"centered": "no"}, TypeError, "centered must be True or False"),
-        ("Adagrad", {"lr_decay": -1.0}, ValueError, "lr_decay must be finite and >= 0"),
+        ("Adagrad", {"lr_decay": -1.0}, ValueError, "lr_decay must be >= 0"),
         ("Adagrad", {"initial_accumulator_value": -1.0}, ValueError, "initial_accumulator_val"),
         ("RAdam", {"decoupled_weight_decay": "yes"}, TypeError, "decoupled_weight_decay must be"),
-        ("NAdam", {"momentum_decay": -4e-3}, ValueError, "momentum_decay must be finite"),
+        ("NAdam", {"momentum_decay": -4e-3}, ValueError, "momentum_decay must be >= 0"),
         ("NAdam", {"lr": "fast"}, TypeError, "lr must be a number, an array or a schedule"),
     ],
 )
 def test_rejects_bad_hyperparameters(name, kwargs, error, message):
     with pytest.raises(error, match=message):
         getattr(optadam.torch, name)(**kwargs)
+
+
+NUMERIC = {
+    "SGD": ["lr", "momentum", "dampening", "weight_decay"],
+    "Adam": ["lr", "eps", "weight_decay", "betas[0]", "betas[1]"],
+    "AdamW": ["lr", "eps", "weight_decay", "betas[0]", "betas[1]"],
+    "RMSprop": ["lr", "alpha", "eps", "weight_decay", "momentum"],
+    "Adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
+    "RAdam": ["lr", "eps", "weight_decay", "betas[0]", "betas[1]"],
+    "NAdam": ["lr", "eps", "weight_decay", "momentum_decay", "betas[0]", "betas[1]"],
+}
+
+
+def _refusal(build):
+    try:
+        build()
+    except (TypeError, ValueError) as error:
+        return type(error).__name__
+    return None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constructors_accept_and_refuse_exactly_what_torchs_do(name):
+    """torch 2.13's checks (``not 0 <= x``, SGD's ``x < 0``, betas' ``0 <= β < 1``) over edge
+    values; e.g. SGD(momentum=1.0) and RMSprop(alpha=1.5) are accepted, as by torch."""
+    differ = []
+    for arg in NUMERIC[name]:
+        for value in [-1.0, -0.0, 0.0, 0.5, 1.0, 1.5, float("inf"), float("nan")]:
+            kwargs = {arg: value}
+            if arg.startswith("betas"):
+                kwargs = {"betas": (value, 0.999) if arg == "betas[0]" else (0.9, value)}
+            tensor = torch.zeros(1, requires_grad=True)
+            theirs = _refusal(lambda k=kwargs, t=tensor: getattr(torch.optim, name)([t], **k))
+            ours = _refusal(lambda kwargs=kwargs: getattr(optadam.torch, name)(**kwargs))
+            if theirs != ours:
+                differ.append(f"{kwargs}: torch {theirs}, optadam {ours}")
+    assert not differ, differ
+
+
+def test_momentum_and_alpha_of_one_run_as_in_torch():
+    params, grads = problem(np.float64, 30, seed=16)
+    # α > 1 makes v_1 = (1 − α)·g² negative: NaN from the first step, in torch too.
+    configs = [("SGD", {"lr": 1e-3, "momentum": 1.0}), ("RMSprop", {"alpha": 1.0, "eps": 1.0})]
+    with jax.enable_x64(True):
+        runs = jax_runs([(getattr(optadam.torch, n)(**k), params) for n, k in configs], grads)
+    cases = [
+        (n, path, torch_run(n, k, params, grads)[0])
+        for (n, k), (path, _) in zip(configs, runs, strict=True)
+    ]
+    assert_all_close(cases, 1e-10)
 
 
 def test_refuses_none_gradients_torch_would_skip():
@@ -655,6 +728,333 @@ def test_refuses_none_gradients_torch_would_skip():
     tree = {"a": jnp.ones(2), "b": None}  # a leaf that is None in the params too is no parameter
     updates, _ = tx.update(tree, tx.init(tree), tree)
     assert updates["b"] is None
+
+
+# --- param groups -------------------------------------------------------------------------------
+
+# For each optimizer: the defaults, then two groups that differ from them and from each other in
+# schedulable and fixed hyperparameters, over leaves 0 and 1, 3 of `problem`'s four; leaf 2 is in
+# no group. On the torch side "params" are the leaves' indices.
+GROUPS = {
+    "SGD": (
+        {"lr": 5e-3, "momentum": 0.9, "dampening": 0.1},
+        [{"weight_decay": 0.1}, {"lr": 1e-2, "momentum": 0.5, "dampening": 0, "nesterov": True}],
+    ),
+    "Adam": (
+        {"lr": 1e-2, "amsgrad": True},
+        [{"weight_decay": 0.1}, {"lr": 3e-3, "betas": (0.8, 0.99), "maximize": True}],
+    ),
+    "AdamW": ({"lr": 1e-2, "weight_decay": 0.1}, [{"weight_decay": 0.0}, {"betas": (0.5, 0.9)}]),
+    "RMSprop": (
+        {"lr": 1e-3, "momentum": 0.9},
+        [{"centered": True}, {"momentum": 0.0, "alpha": 0.9, "weight_decay": 0.1}],
+    ),
+    "Adagrad": (
+        {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.5},
+        [{"weight_decay": 0.1}, {"lr": 0.1, "eps": 1e-3}],
+    ),
+    "RAdam": (
+        {"lr": 1e-2},
+        [{"weight_decay": 0.1, "decoupled_weight_decay": True}, {"betas": (0.9, 0.99)}],
+    ),
+    "NAdam": ({"lr": 1e-2}, [{"momentum_decay": 0.05}, {"weight_decay": 0.1, "lr": 3e-3}]),
+}
+MEMBERS = [[0], [1, 3]]
+# The same groups as selectors of the list's leaves "0" ... "3": a glob, and a list of a glob and
+# a callable of (path, leaf).
+SELECTORS = ["0", ["1", lambda path, leaf: leaf.ndim == 3]]
+
+
+def grouped_tx(name, selectors=SELECTORS):
+    defaults, groups = GROUPS[name]
+    return getattr(optadam.torch, name)(
+        [{"params": s, **g} for s, g in zip(selectors, groups, strict=True)], **defaults
+    )
+
+
+def torch_groups_run(name, params, grads, changes=None, state_dict=None):
+    """torch's trajectory with GROUPS[name]; ``changes(k)`` (per group dicts, or None) is written
+    into the param groups before step k, as an LR scheduler does."""
+    defaults, groups = GROUPS[name]
+    tensors = [torch.tensor(p, requires_grad=True) for p in params]
+    optimizer = getattr(torch.optim, name)(
+        [{"params": [tensors[i] for i in m], **g} for m, g in zip(MEMBERS, groups, strict=True)],
+        **defaults,
+    )
+    if state_dict is not None:
+        optimizer.load_state_dict(state_dict)
+    trajectory = []
+    for k, g in enumerate(grads):
+        for group, new in zip(optimizer.param_groups, (changes and changes(k)) or [], strict=False):
+            group.update(new)
+        for p, g_leaf in zip(tensors, g, strict=True):
+            p.grad = torch.tensor(g_leaf)
+        optimizer.step()
+        trajectory.append([p.detach().numpy().copy() for p in tensors])
+    if not trajectory:
+        return [], optimizer
+    return [np.stack([step[i] for step in trajectory]) for i in range(len(params))], optimizer
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_param_groups_follow_torchs_for_500_steps(request, dtype):
+    _x64_for(request, dtype)
+    params, grads = problem(dtype, 500, seed=11)
+    runs = jax_runs([(grouped_tx(n), params) for n in NAMES], grads)
+    cases = [
+        (n, path, torch_groups_run(n, params, grads)[0])
+        for n, (path, _) in zip(NAMES, runs, strict=True)
+    ]
+    assert_all_close(cases, tolerance(dtype))
+    for path in [path for path, _ in runs]:  # leaf 2 is in no group: never moves
+        assert np.all(path[2] == params[2])
+
+
+def _changes(name, k):
+    """Hyperparameters an LR scheduler might set before step k (cycled momentum and beta1 too)."""
+    lr = GROUPS[name][0]["lr"] * (1 + np.cos(k / 7)) / 2
+    new = [{"lr": lr}, {"lr": lr / 2}]
+    if name in ["SGD", "RMSprop"]:
+        new[0]["momentum"] = 0.85 + 0.1 * np.sin(k / 5)
+    if name in ["Adam", "AdamW", "NAdam", "RAdam"]:
+        new[0]["betas"] = (0.85 + 0.1 * np.sin(k / 5), 0.999)
+        new[1]["betas"] = (0.8, 0.95 + 0.04 * np.cos(k / 9))
+    return new
+
+
+def our_groups_run(name, params, grads, changes=None, state=None):
+    """Our trajectory with GROUPS[name], one jitted step; ``changes(k)`` (per group dicts, or None)
+    is written into the state with with_group_hyperparams before step k, from traced values."""
+    tx = grouped_tx(name)
+    dtype = optadam.torch._groups.hyperparameter_dtype()
+
+    @jax.jit
+    def step(p, state, g, new):
+        if new is not None:
+            state = optadam.torch._common.with_group_hyperparams(state, new)
+        updates, state = tx.update(g, state, p)
+        return optax.apply_updates(p, updates), state
+
+    p = [jnp.asarray(x) for x in params]
+    state, path = tx.init(p) if state is None else state, []
+    for k, g in enumerate(grads):
+        new = changes(k) if changes else None
+        new = jax.tree.map(lambda x: np.asarray(x, dtype), new)
+        p, state = step(p, state, [jnp.asarray(x) for x in g], new)
+        path.append([np.asarray(x) for x in p])
+    trajectory = [np.stack([s[i] for s in path]) for i in range(len(params))]
+    return trajectory, state, step._cache_size()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_changing_group_hyperparameters_in_the_state_follows_torch_and_never_recompiles(
+    request, dtype
+):
+    """What an LR scheduler does: torch writes param_groups before each step(); here
+    with_group_hyperparams writes the state."""
+    _x64_for(request, dtype)
+    params, grads = problem(dtype, 120, seed=12)
+    cases = []
+    for name in NAMES:
+        changes = functools.partial(_changes, name)
+        ours, _, compiled = our_groups_run(name, params, grads, changes)
+        assert compiled == 1, name
+        cases.append((name, ours, torch_groups_run(name, params, grads, changes)[0]))
+    assert_all_close(cases, tolerance(dtype))
+
+
+def test_group_hyperparams_reads_torchs_keys_and_the_initial_values():
+    params, _ = problem(np.float32, 0)
+    for name in NAMES:
+        values = optadam.torch._common.group_hyperparams(grouped_tx(name).init(params))
+        _, optimizer = torch_groups_run(name, params, [])
+        for ours, theirs in zip(values, optimizer.param_groups, strict=True):
+            assert set(ours) == {"lr", "momentum", "betas"} & set(theirs), name
+            for key, value in ours.items():
+                np.testing.assert_allclose(value, theirs[key], rtol=1e-7)
+
+
+def test_param_groups_are_torchs_with_the_defaults_filled_in():
+    for name in NAMES:
+        _, optimizer = torch_groups_run(name, problem(np.float32, 0)[0], [])
+        ours = grouped_tx(name).param_groups
+        assert [g["params"] for g in ours] == SELECTORS
+        assert [{k: v for k, v in g.items() if k != "params"} for g in ours] == [
+            {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+        ]
+
+
+def _changes_until(name, stop):
+    return lambda k: _changes(name, k) if k < stop else None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_runs_resume_across_both_ways_with_their_current_hyperparameters(request, dtype):
+    """Hyperparameters changed during the first 40 steps (as by a scheduler) travel in the state
+    dict: the resumed run goes on with them."""
+    _x64_for(request, dtype)
+    params, grads = problem(dtype, 80, seed=13)
+    cases = []
+    for name in NAMES:
+        changes = _changes_until(name, 40)
+        whole, _ = torch_groups_run(name, params, grads, changes)
+        first, optimizer = torch_groups_run(name, params, grads[:40], changes)
+        middle = [leaf[-1] for leaf in first]
+        state = optadam.torch.load_state_dict(grouped_tx(name), optimizer.state_dict(), middle)
+        resumed, _, _ = our_groups_run(name, middle, grads[40:], state=state)
+        cases.append((f"{name} torch->optadam", resumed, [leaf[40:] for leaf in whole]))
+
+        whole, _, _ = our_groups_run(name, params, grads, changes)
+        first, state, _ = our_groups_run(name, params, grads[:40], changes)
+        middle = [leaf[-1] for leaf in first]
+        exported = optadam.torch.state_dict(grouped_tx(name), state, middle)
+        resumed, _ = torch_groups_run(name, middle, grads[40:], state_dict=exported)
+        cases.append((f"{name} optadam->torch", resumed, [leaf[40:] for leaf in whole]))
+    assert_all_close(cases, tolerance(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grouped_state_dicts_round_trip_both_ways(name):
+    params, grads = problem(np.float32, 5, seed=14)
+    _, optimizer = torch_groups_run(name, params, grads)
+    theirs = optimizer.state_dict()
+    tx = grouped_tx(name)
+    ours = optadam.torch.load_state_dict(tx, theirs, params)
+    back = optadam.torch.state_dict(tx, ours, params)
+    assert back["param_groups"] == theirs["param_groups"]
+    assert back["state"].keys() == theirs["state"].keys() == {0, 1, 2}  # leaf 2 has no index
+    for i, entry in theirs["state"].items():
+        assert back["state"][i].keys() == entry.keys()
+        for k, value in entry.items():
+            assert _tensors_equal(back["state"][i][k], value), (i, k)
+
+
+def test_load_names_the_group_that_does_not_match():
+    params, grads = problem(np.float32, 3, seed=15)
+    _, optimizer = torch_groups_run("Adam", params, grads)
+    theirs = optimizer.state_dict()
+    with pytest.raises(ValueError, match=r"param_groups\[1\] has 2 parameters .* selects 1 leaves"):
+        optadam.torch.load_state_dict(grouped_tx("Adam", ["0", "1"]), theirs, params)
+    with pytest.raises(ValueError, match=r"param_groups\[1\] differs from tx's in maximize \(Tr"):
+        optadam.torch.load_state_dict(
+            optadam.torch.Adam(
+                [{"params": "0", "weight_decay": 0.1}, {"params": "[13]", "betas": (0.8, 0.99)}],
+                lr=1e-2,
+                amsgrad=True,
+            ),
+            theirs,
+            params,
+        )
+
+
+def _sgd_moves(selector, params):
+    """Which leaves ``SGD([{"params": selector}], lr=1)`` updates."""
+    tx = optadam.torch.SGD([{"params": selector}], lr=1.0)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    moved = jax.tree_util.tree_flatten_with_path(updates)[0]
+    return {optadam.torch._groups.path_name(path) for path, u in moved if np.any(u != 0)}
+
+
+def test_selectors_are_globs_on_slash_joined_paths_callables_or_lists():
+    params = {
+        "encoder": {"layer": [{"w": jnp.ones((2, 2)), "bias": jnp.ones(2)}], "bias": jnp.ones(2)},
+        "head": {"w": jnp.ones((2, 3)), "bias": jnp.ones(3)},
+    }
+    assert _sgd_moves("*/bias", params) == {"encoder/bias", "head/bias"}
+    assert _sgd_moves("encoder/**", params) == {
+        "encoder/bias",
+        "encoder/layer/0/w",
+        "encoder/layer/0/bias",
+    }
+    assert _sgd_moves("**/bias", params) == {"encoder/bias", "encoder/layer/0/bias", "head/bias"}
+    assert _sgd_moves("encoder/layer/?/w", params) == {"encoder/layer/0/w"}
+    assert _sgd_moves(lambda path, leaf: leaf.ndim == 2, params) == {"encoder/layer/0/w", "head/w"}
+    assert _sgd_moves(["h*/w", lambda path, leaf: leaf.size == 3], params) == {
+        "head/w",
+        "head/bias",
+    }
+
+
+def test_leaves_in_no_group_get_zero_updates_and_no_state():
+    params = {"w": jnp.ones(3), "frozen": jnp.ones(4)}
+    tx = optadam.torch.Adam([{"params": "w"}], lr=0.1)
+    state = tx.init(params)
+    assert [x.shape for x in jax.tree.leaves(state.groups)] == [(3,), (3,)]  # mu, nu of w alone
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    assert np.all(updates["frozen"] == 0) and np.all(updates["w"] != 0)
+
+
+@pytest.mark.parametrize(
+    ("groups", "error", "message"),
+    [
+        ([], ValueError, "empty parameter list"),
+        ({"params": "w"}, TypeError, "got a dict: wrap one group in a list"),
+        ([{"lr": 0.1}], ValueError, r"param_groups\[0\] has no 'params'"),
+        ([{"params": {"w"}}], TypeError, "ordered collections"),
+        ([{"params": 3}], TypeError, "a selector is a glob string, a callable"),
+        ([{"params": "w", "momentum": 0.9}], ValueError, r"unknown keys \['momentum'\]"),
+        ([{"params": "w"}, {"params": "b", "lr": -1.0}], ValueError, r"param_groups\[1\]: lr"),
+        ([{"params": "w", "betas": (0.9, 1.0)}], ValueError, r"param_groups\[0\]: betas\[1\]"),
+    ],
+)
+def test_bad_param_groups_are_refused_at_construction(groups, error, message):
+    with pytest.raises(error, match=message):
+        optadam.torch.Adam(groups)
+
+
+def test_a_leaf_in_two_groups_or_a_group_that_selects_nothing_is_refused_naming_them():
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    tx = optadam.torch.Adam([{"params": "*"}, {"params": ["w"], "name": "decay", "lr": 0.1}])
+    with pytest.raises(
+        ValueError, match=r"leaf w is in param_groups\[0\] and in .*\[1\] \('decay'\)"
+    ):
+        tx.init(params)
+    tx = optadam.torch.Adam([{"params": "w"}, {"params": "*/bias"}])
+    with pytest.raises(ValueError, match=r"param_groups\[1\] selects no leaf .*'\*/bias'"):
+        tx.init(params)
+
+
+def test_with_group_hyperparams_names_what_does_not_fit():
+    tx = optadam.torch.SGD([{"params": "w"}, {"params": "b"}], momentum=0.9)
+    state = tx.init({"w": jnp.ones(3), "b": jnp.ones(2)})
+    with pytest.raises(ValueError, match="has 2 param groups, got 1"):
+        optadam.torch._common.with_group_hyperparams(state, [{"lr": 0.1}])
+    with pytest.raises(ValueError, match=r"param_groups\[1\] has .* got \['betas'\]"):
+        optadam.torch._common.with_group_hyperparams(state, [{}, {"betas": (0.9, 0.99)}])
+    new = optadam.torch._common.with_group_hyperparams(state, [{}, {"lr": 0.5}])
+    assert jax.tree.structure(new) == jax.tree.structure(state)
+    assert float(optadam.torch._common.group_hyperparams(new)[1]["lr"]) == 0.5
+
+
+def test_a_schedule_lr_shows_the_next_steps_value_and_is_not_overridden():
+    tx = optadam.torch.SGD(lr=lambda k: 0.1 / (k + 1))
+    params = jnp.ones(2)
+    state = tx.init(params)
+    assert float(optadam.torch._common.group_hyperparams(state)[0]["lr"]) == pytest.approx(0.1)
+    state = optadam.torch._common.with_group_hyperparams(state, [{"lr": 7.0}])
+    updates, state = tx.update(jnp.ones(2), state, params)
+    np.testing.assert_allclose(updates, -0.1)  # the schedule's lr(0), not 7
+    assert float(optadam.torch._common.group_hyperparams(state)[0]["lr"]) == pytest.approx(0.05)
+
+
+def test_grouped_state_is_sharded_like_the_params():
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    sharding = {
+        "w": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model")),
+        "b": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model")),
+    }
+    params = {"w": jnp.ones((8, 4)), "b": jnp.ones(4), "frozen": jnp.ones(3)}
+    params = {k: jax.device_put(v, sharding.get(k, jax.devices()[0])) for k, v in params.items()}
+    tx = optadam.torch.AdamW([{"params": "w"}, {"params": "b", "weight_decay": 0.0}], amsgrad=True)
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and k.key in params]
+        if keys:
+            assert leaf.sharding.is_equivalent_to(sharding[keys[-1]], leaf.ndim), path
+        else:  # the count and the hyperparameters
+            assert leaf.ndim == 0 and leaf.sharding.is_fully_replicated, path
+            assert leaf.sharding.device_set == set(mesh.devices.flat), path
 
 
 # --- packaging ----------------------------------------------------------------------------------
@@ -693,6 +1093,37 @@ def test_readme_porting_example_runs_as_torch_would():
     params = namespace["params"]
     np.testing.assert_allclose(params["w"], w.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(params["b"], b.detach().numpy(), rtol=1e-6)
+
+
+def test_readme_param_groups_example_runs_in_a_fresh_process_as_torch_would(tmp_path):
+    code = re.findall(r"```python\n(.*?)```", PORTING.split("### Param groups", 1)[1], re.S)[0]
+    out = tmp_path / "params.npz"
+    save = f"\nimport numpy as np\nnp.savez({str(out)!r}, **{{'/'.join(k.key for k in p): x "
+    save += "for p, x in jax.tree_util.tree_flatten_with_path(params)[0]})\n"
+    subprocess.run([sys.executable, "-c", code + save], check=True, capture_output=True)
+    ours = np.load(out)
+    shapes = {"encoder/w": (4, 4), "encoder/bias": (4,), "encoder/norm/scale": (4,)}
+    shapes |= {"head/w": (4, 2), "head/bias": (2,)}
+    tensors = {
+        k: (torch.zeros if k.endswith("bias") else torch.ones)(v, requires_grad=True)
+        for k, v in shapes.items()
+    }
+    for t in tensors.values():
+        t.grad = torch.ones_like(t)
+    groups = [["encoder/w"], ["encoder/bias", "encoder/norm/scale"], ["head/w", "head/bias"]]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [tensors[k] for k in groups[0]]},
+            {"params": [tensors[k] for k in groups[1]], "weight_decay": 0.0},
+            {"params": [tensors[k] for k in groups[2]], "lr": 1e-3},
+        ],
+        lr=3e-4,
+        weight_decay=0.1,
+    )
+    optimizer.step()
+    assert set(ours) == set(tensors)
+    for k, t in tensors.items():
+        np.testing.assert_allclose(ours[k], t.detach().numpy(), rtol=1e-6, err_msg=k)
 
 
 def test_readme_maps_every_torch_option():
