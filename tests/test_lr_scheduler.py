@@ -1,0 +1,263 @@
+"""optadam.torch.lr_scheduler against torch.optim.lr_scheduler itself (torch 2.13).
+
+The schedulers' arithmetic is driven on both sides from optimizers with three param groups of
+different LRs, for at least 2,000 steps: the LR of every group after every step, and the cycled
+momentum / β1, must equal torch's within 1e-12 relative in float64. (XLA contracts a·b + c into
+one fused multiply-add where Python rounds twice, so a few values differ in the last bits: 4e-14 at
+most in these runs. Settings keep the LRs away from 0, where a relative distance means nothing.)
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from optadam.torch import lr_scheduler
+
+STEPS = 2000
+LRS = [0.1, 0.03, 0.5]  # the three groups' own LRs
+RTOL = 1e-12
+TL = torch.optim.lr_scheduler
+
+
+class _Groups:
+    """Stands for an optadam.torch optimizer where only its param groups matter (the schedulers'
+    arithmetic): "SGD" groups have a momentum, "Adam" groups betas."""
+
+    def __init__(self, kind):
+        extra = {"momentum": 0.9} if kind == "SGD" else {"betas": (0.9, 0.999)}
+        self.param_groups = tuple(
+            {"params": f"g{k}", "lr": lr, **extra} for k, lr in enumerate(LRS)
+        )
+
+
+def _torch_optimizer(kind):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in LRS]
+    groups = [{"params": [p], "lr": lr} for p, lr in zip(params, LRS, strict=True)]
+    if kind == "SGD":
+        return torch.optim.SGD(groups, lr=1.0, momentum=0.9)
+    return torch.optim.Adam(groups, lr=1.0)
+
+
+def _torch_values(optimizer):
+    groups = optimizer.param_groups
+    momentum = [g["momentum"] if "momentum" in g else g["betas"][0] for g in groups]
+    return [g["lr"] for g in groups], momentum
+
+
+def torch_trajectory(make, kind, steps=STEPS, metrics=None):
+    """Per step (the constructor's values first), each group's lr and momentum/β1 in torch."""
+    optimizer = _torch_optimizer(kind)
+    scheduler = make(optimizer)
+    lrs, momenta = [], []
+    for k in range(steps + 1):
+        if k > 0:
+            optimizer.step()
+            scheduler.step() if metrics is None else scheduler.step(float(metrics[k - 1]))
+        lr, momentum = _torch_values(optimizer)
+        lrs.append(lr)
+        momenta.append(momentum)
+    return np.array(lrs), np.array(momenta)
+
+
+def _initial_hp(kind):
+    return {
+        "lr": jnp.asarray(LRS, float),
+        "initial_lr": None,
+        "momentum": jnp.full(len(LRS), 0.9, float),
+    }
+
+
+def schedule_trajectory(schedule, kind, steps=STEPS, metrics=None):
+    """The same with optadam's arithmetic (jitted, one scan)."""
+
+    @jax.jit
+    def run(metrics):
+        state, hp = schedule.construct(_initial_hp(kind))
+
+        def step(carry, metric):
+            state, hp = schedule.step(*carry, metric)
+            return (state, hp), (hp["lr"], hp["momentum"])
+
+        _, (lrs, momenta) = jax.lax.scan(step, (state, hp), metrics)
+        return (
+            jnp.concatenate([hp["lr"][None], lrs]),
+            jnp.concatenate([hp["momentum"][None], momenta]),
+        )
+
+    metrics = jnp.zeros(steps) if metrics is None else jnp.asarray(metrics, float)
+    return tuple(np.asarray(x) for x in run(metrics))
+
+
+def _warmup_cosine_torch(k):
+    return min(1.0, (k + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(k, 2000) / 2000))
+
+
+def _warmup_cosine_jax(k):
+    return (
+        jnp.minimum(1.0, (k + 1) / 100) * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(k, 2000) / 2000))
+    )
+
+
+# (id, optimizer kind, torch factory, optadam factory): the same arguments on both sides.
+def _same(name, kind="SGD", *args, **kwargs):
+    return (
+        f"{name}-{kind}-{args}-{kwargs}",
+        kind,
+        lambda o: getattr(TL, name)(o, *args, **kwargs),
+        lambda o: getattr(lr_scheduler, name)(o, *args, **kwargs),
+    )
+
+
+CASES = [
+    (
+        "LambdaLR-warmup-cosine",
+        "SGD",
+        lambda o: TL.LambdaLR(o, _warmup_cosine_torch),
+        lambda o: lr_scheduler.LambdaLR(o, _warmup_cosine_jax),
+    ),
+    (
+        "LambdaLR-per-group",
+        "Adam",
+        lambda o: TL.LambdaLR(o, [lambda k: 0.999**k, lambda k: 1 / (1 + k), lambda k: 2.0]),
+        lambda o: lr_scheduler.LambdaLR(
+            o, [lambda k: 0.999**k, lambda k: 1 / (1 + k), lambda k: 2.0]
+        ),
+    ),
+    (
+        "MultiplicativeLR",
+        "SGD",
+        lambda o: TL.MultiplicativeLR(o, lambda k: 0.999 if k % 3 else 1.001),
+        lambda o: lr_scheduler.MultiplicativeLR(o, lambda k: jnp.where(k % 3 != 0, 0.999, 1.001)),
+    ),
+    _same("StepLR", "SGD", 7, 0.99),
+    _same("StepLR", "Adam", step_size=300),
+    _same("MultiStepLR", "SGD", [3, 100, 100, 1500], 0.5),
+    _same("ConstantLR", "SGD"),
+    _same("ConstantLR", "Adam", factor=0.3, total_iters=1000),
+    _same("LinearLR", "SGD"),
+    _same("LinearLR", "Adam", start_factor=0.1, end_factor=0.9, total_iters=1000),
+    _same("ExponentialLR", "SGD", 0.998),
+    _same("PolynomialLR", "SGD", total_iters=1999, power=1.7),
+    _same("PolynomialLR", "Adam"),
+    _same("CosineAnnealingLR", "SGD", 300, 1e-3),
+    _same("CosineAnnealingLR", "Adam", T_max=1000),
+    _same("CosineAnnealingWarmRestarts", "SGD", 50, 2, 1e-4),
+    _same("CosineAnnealingWarmRestarts", "Adam", T_0=77),
+    _same("CyclicLR", "SGD", 0.01, [0.1, 0.2, 0.3], 100, 50, "triangular2"),
+    _same("CyclicLR", "Adam", 0.01, 0.1, step_size_up=130, mode="exp_range", gamma=0.999),
+    _same("CyclicLR", "SGD", 0.01, 0.1, 200, cycle_momentum=False),
+    (
+        "CyclicLR-scale_fn",
+        "SGD",
+        lambda o: TL.CyclicLR(
+            o, 0.01, 0.1, 70, scale_fn=lambda x: 0.5 ** (x / 100), scale_mode="iterations"
+        ),
+        lambda o: lr_scheduler.CyclicLR(
+            o, 0.01, 0.1, 70, scale_fn=lambda x: 0.5 ** (x / 100), scale_mode="iterations"
+        ),
+    ),
+    _same("OneCycleLR", "SGD", [1.0, 0.5, 2.0], STEPS),
+    _same(
+        "OneCycleLR",
+        "Adam",
+        1.0,
+        epochs=20,
+        steps_per_epoch=100,
+        anneal_strategy="linear",
+        three_phase=True,
+        pct_start=0.25,
+    ),
+    _same("OneCycleLR", "SGD", 1.0, STEPS, cycle_momentum=False, div_factor=10.0),
+    (
+        "SequentialLR-linear-cosine",
+        "Adam",
+        lambda o: TL.SequentialLR(
+            o, [TL.LinearLR(o, 0.01, 1.0, 100), TL.CosineAnnealingLR(o, 1900, 1e-5)], [100]
+        ),
+        lambda o: lr_scheduler.SequentialLR(
+            o,
+            [
+                lr_scheduler.LinearLR(o, 0.01, 1.0, 100),
+                lr_scheduler.CosineAnnealingLR(o, 1900, 1e-5),
+            ],
+            [100],
+        ),
+    ),
+    (
+        "SequentialLR-three",
+        "SGD",
+        lambda o: TL.SequentialLR(
+            o,
+            [
+                TL.ConstantLR(o, 0.5, 10),
+                TL.ExponentialLR(o, 0.99),
+                TL.CosineAnnealingWarmRestarts(o, 100),
+            ],
+            [50, 300],
+        ),
+        lambda o: lr_scheduler.SequentialLR(
+            o,
+            [
+                lr_scheduler.ConstantLR(o, 0.5, 10),
+                lr_scheduler.ExponentialLR(o, 0.99),
+                lr_scheduler.CosineAnnealingWarmRestarts(o, 100),
+            ],
+            [50, 300],
+        ),
+    ),
+    (
+        "ChainedScheduler",
+        "Adam",
+        lambda o: TL.ChainedScheduler(
+            [TL.ConstantLR(o, 0.5, 10), TL.ExponentialLR(o, 0.999), TL.CosineAnnealingLR(o, 500)]
+        ),
+        lambda o: lr_scheduler.ChainedScheduler(
+            [
+                lr_scheduler.ConstantLR(o, 0.5, 10),
+                lr_scheduler.ExponentialLR(o, 0.999),
+                lr_scheduler.CosineAnnealingLR(o, 500),
+            ]
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "make_torch", "make_ours"), CASES, ids=[c[0] for c in CASES]
+)
+def test_lr_and_momentum_of_every_group_match_torch_float64(x64, name, kind, make_torch, make_ours):
+    torch_lr, torch_momentum = torch_trajectory(make_torch, kind)
+    lr, momentum = schedule_trajectory(make_ours(_Groups(kind)).schedule, kind)
+    np.testing.assert_allclose(lr, torch_lr, rtol=RTOL, atol=0)
+    np.testing.assert_allclose(momentum, torch_momentum, rtol=RTOL, atol=0)
+
+
+def _plateau_metrics(seed):
+    """A loss that falls, then wanders (plateaus, with noise), so that every rule gets used."""
+    rng = np.random.default_rng(seed)
+    return 5 * np.exp(-np.arange(STEPS) / 200) + np.cumsum(rng.normal(0, 0.01, STEPS))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"patience": 5, "cooldown": 3, "min_lr": [0, 1e-4, 0]},
+        {"mode": "max", "factor": 0.5, "patience": 3, "threshold": 1e-3, "threshold_mode": "abs"},
+        {"mode": "max", "patience": 0, "eps": 1e-3},
+        {"threshold_mode": "abs", "threshold": 0.0, "cooldown": 20, "min_lr": 1e-3},
+    ],
+)
+def test_reduce_lr_on_plateau_matches_torch_float64(x64, kwargs):
+    metrics = _plateau_metrics(len(kwargs))
+    torch_lr, _ = torch_trajectory(
+        lambda o: TL.ReduceLROnPlateau(o, **kwargs), "SGD", metrics=metrics
+    )
+    sched = lr_scheduler.ReduceLROnPlateau(_Groups("SGD"), **kwargs)
+    lr, _ = schedule_trajectory(sched.schedule, "SGD", metrics=metrics)
+    assert len(np.unique(torch_lr[:, 0])) > 2  # the LR was reduced more than once
+    np.testing.assert_allclose(lr, torch_lr, rtol=RTOL, atol=0)
