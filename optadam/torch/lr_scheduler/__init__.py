@@ -190,7 +190,7 @@ def _use_beta1(optimizer: Any, cycle_momentum: bool) -> bool:
 # --- torch's schedulers -----------------------------------------------------------------------
 
 
-def LambdaLR(  # noqa: N802 -- torch's class names
+def LambdaLR(  # noqa: N802
     optimizer: Any,
     lr_lambda: Callable[[Any], Any] | Sequence[Callable[[Any], Any]],
     last_epoch: int = -1,
@@ -210,7 +210,9 @@ def MultiplicativeLR(  # noqa: N802
     return _scheduler(optimizer, _schedules.MultiplicativeLR(len(lambdas), lambdas, last_epoch))
 
 
-def StepLR(optimizer: Any, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> LRScheduler:  # noqa: N802
+def StepLR(  # noqa: N802
+    optimizer: Any, step_size: int, gamma: float = 0.1, last_epoch: int = -1
+) -> LRScheduler:
     """lr ← lr · gamma every ``step_size`` steps."""
     _positive_int("step_size", step_size)
     return _scheduler(
@@ -271,10 +273,7 @@ def PolynomialLR(  # noqa: N802
 
 
 def CosineAnnealingLR(  # noqa: N802
-    optimizer: Any,
-    T_max: int,  # noqa: N803 -- torch's argument names
-    eta_min: float = 0.0,
-    last_epoch: int = -1,
+    optimizer: Any, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
 ) -> LRScheduler:
     """Cosine from initial_lr down to ``eta_min`` over ``T_max`` steps (and back up after)."""
     _positive_int("T_max", T_max)
@@ -283,11 +282,7 @@ def CosineAnnealingLR(  # noqa: N802
 
 
 def CosineAnnealingWarmRestarts(  # noqa: N802
-    optimizer: Any,
-    T_0: int,  # noqa: N803
-    T_mult: int = 1,  # noqa: N803
-    eta_min: float = 0.0,
-    last_epoch: int = -1,
+    optimizer: Any, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1
 ) -> LRScheduler:
     """Cosine from initial_lr to ``eta_min`` over T_0 steps, restarting, each period T_mult
     times the last (SGDR, Loshchilov & Hutter 2017)."""

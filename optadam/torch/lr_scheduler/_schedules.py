@@ -660,19 +660,22 @@ class OneCycleLR(Schedule):
     def get_lr(self, state, hp, initial):
         t = state.last_epoch
         value = {k: _float(v) for k, v in self.group_values.items()}
-        lr = momentum = None
-        start_step = 0.0
-        for i, phase in enumerate(reversed(self.phases)):  # the first phase that holds t wins
-            i = len(self.phases) - 1 - i
-            start_step = self.phases[i - 1]["end_step"] if i > 0 else 0.0
+        starts = [0.0] + [phase["end_step"] for phase in self.phases[:-1]]
+        annealed = []  # per phase: (lr, momentum) as that phase would give them at t
+        for phase, start_step in zip(self.phases, starts, strict=True):
             pct = (t - start_step) / _opaque(phase["end_step"] - start_step)
-            phase_lr = self.anneal(value[phase["start_lr"]], value[phase["end_lr"]], pct)
-            phase_m = self.anneal(value[phase["start_momentum"]], value[phase["end_momentum"]], pct)
-            if lr is None:
-                lr, momentum = phase_lr, phase_m
-            else:
-                holds = t <= phase["end_step"]
-                lr, momentum = jnp.where(holds, phase_lr, lr), jnp.where(holds, phase_m, momentum)
+            annealed.append(
+                (
+                    self.anneal(value[phase["start_lr"]], value[phase["end_lr"]], pct),
+                    self.anneal(value[phase["start_momentum"]], value[phase["end_momentum"]], pct),
+                )
+            )
+        lr, momentum = annealed[-1]  # torch: the first phase with t <= end_step, else the last
+        for phase, (phase_lr, phase_m) in reversed(
+            list(zip(self.phases[:-1], annealed[:-1], strict=True))
+        ):
+            holds = t <= phase["end_step"]
+            lr, momentum = jnp.where(holds, phase_lr, lr), jnp.where(holds, phase_m, momentum)
         if self.cycle_momentum:
             hp = {**hp, "momentum": momentum}
         return lr, hp
