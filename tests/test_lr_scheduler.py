@@ -261,3 +261,166 @@ def test_reduce_lr_on_plateau_matches_torch_float64(x64, kwargs):
     lr, _ = schedule_trajectory(sched.schedule, "SGD", metrics=metrics)
     assert len(np.unique(torch_lr[:, 0])) > 2  # the LR was reduced more than once
     np.testing.assert_allclose(lr, torch_lr, rtol=RTOL, atol=0)
+
+
+# --- last_epoch and state dicts: a run continued on the other side ---------------------------
+
+RESUME_AT = 500
+# One case per scheduler class (the state each keeps differs; the arithmetic is tested above).
+RESUMED = (
+    [CASES[0], CASES[2]]
+    + [
+        c
+        for c in CASES
+        if c[0]
+        in {
+            "StepLR-SGD-(7, 0.99)-{}",
+            "MultiStepLR-SGD-([3, 100, 100, 1500], 0.5)-{}",
+            "ConstantLR-Adam-()-{'factor': 0.3, 'total_iters': 1000}",
+            "LinearLR-Adam-()-{'start_factor': 0.1, 'end_factor': 0.9, 'total_iters': 1000}",
+            "ExponentialLR-SGD-(0.998,)-{}",
+            "PolynomialLR-SGD-()-{'total_iters': 1999, 'power': 1.7}",
+            "CosineAnnealingLR-SGD-(300, 0.001)-{}",
+            "CosineAnnealingWarmRestarts-SGD-(50, 2, 0.0001)-{}",
+            "CyclicLR-SGD-(0.01, [0.1, 0.2, 0.3], 100, 50, 'triangular2')-{}",
+        }
+    ]
+    + [c for c in CASES if c[0].startswith(("OneCycleLR-Adam", "SequentialLR-three", "Chained"))]
+)
+
+
+def _continue(schedule, state, hp, steps, metrics=None):
+    """optadam's values over ``steps`` more steps from (state, hp), and the final state."""
+
+    @jax.jit
+    def run(state, hp, metrics):
+        def step(carry, metric):
+            state, hp = schedule.step(*carry, metric)
+            return (state, hp), (hp["lr"], hp["momentum"])
+
+        return jax.lax.scan(step, (state, hp), metrics)
+
+    metrics = jnp.zeros(steps) if metrics is None else jnp.asarray(metrics, float)
+    (state, hp), (lrs, momenta) = run(state, hp, metrics)
+    return state, hp, np.asarray(lrs), np.asarray(momenta)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "make_torch", "make_ours"), RESUMED, ids=[c[0] for c in RESUMED]
+)
+def test_state_dict_continues_a_run_either_way(x64, name, kind, make_torch, make_ours):
+    torch_lr, torch_momentum = torch_trajectory(make_torch, kind)
+    sched = make_ours(_Groups(kind))
+
+    # torch's scheduler.state_dict() at step 500, and its groups' values, continue in optadam.
+    optimizer = _torch_optimizer(kind)
+    torch_sched = make_torch(optimizer)
+    for _ in range(RESUME_AT):
+        optimizer.step()
+        torch_sched.step()
+    fresh, _ = sched.schedule.construct(_initial_hp(kind))
+    state = sched.load_state_dict(
+        lr_scheduler.ScheduledState(None, fresh), torch_sched.state_dict()
+    )
+    lr, momentum = _torch_values(optimizer)
+    hp = {
+        "lr": jnp.asarray(lr, float),
+        "initial_lr": None,
+        "momentum": jnp.asarray(momentum, float),
+    }
+    _, _, lrs, momenta = _continue(sched.schedule, state.scheduler, hp, STEPS - RESUME_AT)
+    np.testing.assert_allclose(lrs, torch_lr[RESUME_AT + 1 :], rtol=RTOL, atol=0)
+    np.testing.assert_allclose(momenta, torch_momentum[RESUME_AT + 1 :], rtol=RTOL, atol=0)
+
+    # optadam's state at step 500, through sched.state_dict(), continues in torch.
+    state, hp = sched.schedule.construct(_initial_hp(kind))
+    state, hp, _, _ = _continue(sched.schedule, state, hp, RESUME_AT)
+    exported = sched.state_dict(lr_scheduler.ScheduledState(None, state))
+    optimizer = _torch_optimizer(kind)
+    torch_sched = make_torch(optimizer)
+    torch_sched.load_state_dict(exported)
+    for k, group in enumerate(optimizer.param_groups):  # as optimizer.load_state_dict does
+        group["lr"] = float(hp["lr"][k])
+        if "betas" in group:
+            group["betas"] = (float(hp["momentum"][k]), group["betas"][1])
+        else:
+            group["momentum"] = float(hp["momentum"][k])
+    continued = []
+    for _ in range(STEPS - RESUME_AT):
+        optimizer.step()
+        torch_sched.step()
+        continued.append(_torch_values(optimizer))
+    np.testing.assert_allclose(
+        [c[0] for c in continued], torch_lr[RESUME_AT + 1 :], rtol=RTOL, atol=0
+    )
+    np.testing.assert_allclose(
+        [c[1] for c in continued], torch_momentum[RESUME_AT + 1 :], rtol=RTOL, atol=0
+    )
+
+
+def test_reduce_lr_on_plateau_state_dict_continues_either_way(x64):
+    metrics = _plateau_metrics(7)
+    kwargs = {"patience": 5, "cooldown": 3}
+    torch_lr, _ = torch_trajectory(
+        lambda o: TL.ReduceLROnPlateau(o, **kwargs), "SGD", metrics=metrics
+    )
+    sched = lr_scheduler.ReduceLROnPlateau(_Groups("SGD"), **kwargs)
+
+    optimizer = _torch_optimizer("SGD")
+    torch_sched = TL.ReduceLROnPlateau(optimizer, **kwargs)
+    for k in range(RESUME_AT):
+        optimizer.step()
+        torch_sched.step(float(metrics[k]))
+    fresh, _ = sched.schedule.construct(_initial_hp("SGD"))
+    state = sched.load_state_dict(
+        lr_scheduler.ScheduledState(None, fresh), torch_sched.state_dict()
+    )
+    hp = {**_initial_hp("SGD"), "lr": jnp.asarray(_torch_values(optimizer)[0], float)}
+    _, _, lrs, _ = _continue(
+        sched.schedule, state.scheduler, hp, STEPS - RESUME_AT, metrics[RESUME_AT:]
+    )
+    np.testing.assert_allclose(lrs, torch_lr[RESUME_AT + 1 :], rtol=RTOL, atol=0)
+
+    state, hp = sched.schedule.construct(_initial_hp("SGD"))
+    state, hp, _, _ = _continue(sched.schedule, state, hp, RESUME_AT, metrics[:RESUME_AT])
+    optimizer = _torch_optimizer("SGD")
+    torch_sched = TL.ReduceLROnPlateau(optimizer, **kwargs)
+    torch_sched.load_state_dict(sched.state_dict(lr_scheduler.ScheduledState(None, state)))
+    for k, group in enumerate(optimizer.param_groups):
+        group["lr"] = float(hp["lr"][k])
+    continued = []
+    for k in range(RESUME_AT, STEPS):
+        optimizer.step()
+        torch_sched.step(float(metrics[k]))
+        continued.append(_torch_values(optimizer)[0])
+    np.testing.assert_allclose(continued, torch_lr[RESUME_AT + 1 :], rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("StepLR", (7, 0.9)),
+        ("MultiStepLR", ([600, 700, 700], 0.5)),
+        ("ConstantLR", (0.5, 520)),
+        ("LinearLR", (0.2, 1.0, 900)),
+        ("ExponentialLR", (0.999,)),
+        ("PolynomialLR", (1500, 2.0)),
+        ("CosineAnnealingLR", (300, 1e-3)),
+        ("CosineAnnealingWarmRestarts", (60, 2, 1e-4)),
+        ("CyclicLR", (0.01, 0.1, 70)),
+    ],
+)
+def test_last_epoch_in_the_constructor_resumes_as_torch(x64, name, args):
+    """torch resumes a scheduler with ``last_epoch=k`` from the groups' ``initial_lr`` (loaded with
+    the optimizer); here the groups' own lr stands for it."""
+
+    def make_torch(optimizer):
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        return getattr(TL, name)(optimizer, *args, last_epoch=RESUME_AT)
+
+    torch_lr, torch_momentum = torch_trajectory(make_torch, "SGD")
+    sched = getattr(lr_scheduler, name)(_Groups("SGD"), *args, last_epoch=RESUME_AT)
+    lr, momentum = schedule_trajectory(sched.schedule, "SGD")
+    np.testing.assert_allclose(lr, torch_lr, rtol=RTOL, atol=0)
+    np.testing.assert_allclose(momentum, torch_momentum, rtol=RTOL, atol=0)

@@ -544,8 +544,11 @@ class CyclicLR(Schedule):
                 hp["momentum"] = _float(self.max_momentums)
         return hp
 
-    def base_lrs(self, hp):
-        return _float(self.base_lrs_arg)
+    def construct(self, hp):
+        # torch sets base_lrs to base_lr after LRScheduler.__init__, so the initial step ran with
+        # the groups' initial_lr (the same numbers unless last_epoch >= 0 or initial_lr was set)
+        state, hp = super().construct(hp)
+        return state._replace(base_lrs=_float(self.base_lrs_arg)), hp
 
     def get_lr(self, state, hp, initial):
         t = state.last_epoch
