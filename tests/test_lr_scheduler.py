@@ -424,3 +424,118 @@ def test_last_epoch_in_the_constructor_resumes_as_torch(x64, name, args):
     lr, momentum = schedule_trajectory(sched.schedule, "SGD")
     np.testing.assert_allclose(lr, torch_lr, rtol=RTOL, atol=0)
     np.testing.assert_allclose(momentum, torch_momentum, rtol=RTOL, atol=0)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_rejects_unknown_arguments_by_name():
+    with pytest.raises(TypeError, match="gama"):
+        lr_scheduler.StepLR(_Groups("SGD"), 5, gama=0.5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: lr_scheduler.MultiStepLR(o, [30, 10]),
+        lambda o: lr_scheduler.SequentialLR(
+            o,
+            [lr_scheduler.ConstantLR(o), lr_scheduler.ConstantLR(o), lr_scheduler.ConstantLR(o)],
+            [20, 10],
+        ),
+    ],
+)
+def test_rejects_milestones_out_of_order(make):
+    with pytest.raises(ValueError, match=r"milestones must be in increasing order, got \[.*\]"):
+        make(_Groups("SGD"))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda o: lr_scheduler.LambdaLR(o, [lambda k: 1.0] * 2), "Expected 3 lr_lambdas"),
+        (
+            lambda o: lr_scheduler.OneCycleLR(o, [1.0, 2.0], 100),
+            "max_lr must have one value per param group",
+        ),
+        (
+            lambda o: lr_scheduler.CyclicLR(o, 0.1, 1.0, base_momentum=[0.8]),
+            "base_momentum must have one value",
+        ),
+        (lambda o: lr_scheduler.ReduceLROnPlateau(o, min_lr=[0.0]), "expected 3 min_lrs"),
+        (lambda o: lr_scheduler.OneCycleLR(o, 1.0), "total_steps, or epochs and steps_per_epoch"),
+        (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=0), "positive integer total_steps"),
+        (lambda o: lr_scheduler.OneCycleLR(o, 1.0, 100, pct_start=1), "pct_start"),
+        (lambda o: lr_scheduler.OneCycleLR(o, 1.0, 100, anneal_strategy="exp"), "anneal_strategy"),
+        (lambda o: lr_scheduler.CyclicLR(o, 0.1, 1.0, mode="square"), "mode must be"),
+        (lambda o: lr_scheduler.ConstantLR(o, factor=1.5), "factor must be in"),
+        (lambda o: lr_scheduler.LinearLR(o, start_factor=0), "start_factor must be in"),
+        (lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=0), "positive integer T_0"),
+        (lambda o: lr_scheduler.ReduceLROnPlateau(o, factor=1.0), "factor must be < 1.0"),
+        (lambda o: lr_scheduler.ReduceLROnPlateau(o, threshold_mode="pct"), "threshold_mode"),
+        (
+            lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.ConstantLR(o)], [5]),
+            "one milestone fewer",
+        ),
+        (
+            lambda o: lr_scheduler.SequentialLR(
+                o, [lr_scheduler.ReduceLROnPlateau(o), lr_scheduler.ConstantLR(o)], [5]
+            ),
+            "does not support ReduceLROnPlateau",
+        ),
+        (
+            lambda o: lr_scheduler.ChainedScheduler(
+                [lr_scheduler.ConstantLR(o), lr_scheduler.ConstantLR(_Groups("SGD"))]
+            ),
+            "same optimizer",
+        ),
+    ],
+)
+def test_rejects_bad_arguments_naming_them(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(_Groups("SGD"))
+
+
+def test_cycle_momentum_needs_a_momentum():
+    class NoMomentum:
+        param_groups = ({"params": "*", "lr": 0.1},)
+
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        lr_scheduler.OneCycleLR(NoMomentum(), 1.0, 100)
+    lr_scheduler.OneCycleLR(NoMomentum(), 1.0, 100, cycle_momentum=False)  # fine without
+
+
+def test_one_cycle_refuses_to_step_past_total_steps_eagerly_and_under_jit():
+    sched = lr_scheduler.OneCycleLR(_Groups("SGD"), 1.0, total_steps=5)
+    state, hp = sched.schedule.construct(_initial_hp("SGD"))
+    step = jax.jit(sched.schedule.step)
+    for _ in range(5):  # torch allows total_steps steps
+        state, hp = step(state, hp)
+    with pytest.raises(Exception, match="stepped 6 times, past its total_steps=5"):
+        jax.block_until_ready(step(state, hp))
+    with pytest.raises(ValueError, match="stepped 6 times, past its total_steps=5"):
+        sched.schedule.step(state, hp)
+
+
+def test_reduce_lr_on_plateau_needs_the_metric():
+    sched = lr_scheduler.ReduceLROnPlateau(_Groups("SGD"))
+    with pytest.raises(ValueError, match=r"value=loss"):
+        sched.update({}, None)
+
+
+def test_lambda_that_needs_python_ints_gets_a_clear_error():
+    sched = lr_scheduler.LambdaLR(_Groups("SGD"), lambda k: min(1.0, k / 10))
+    with pytest.raises(TypeError, match="lr_lambda must be traceable by JAX"):
+        jax.jit(sched.schedule.construct)(_initial_hp("SGD"))
+
+
+def test_load_state_dict_names_an_argument_that_differs():
+    sched = lr_scheduler.StepLR(_Groups("SGD"), 7, 0.5)
+    state = lr_scheduler.ScheduledState(None, sched.schedule.construct(_initial_hp("SGD"))[0])
+    torch_dict = TL.StepLR(_torch_optimizer("SGD"), 7, 0.1).state_dict()
+    with pytest.raises(
+        ValueError, match=r"\['gamma'\] is 0.1, but this scheduler was built with 0.5"
+    ):
+        sched.load_state_dict(state, torch_dict)
+    with pytest.raises(ValueError, match="no 'step_size'"):
+        sched.load_state_dict(state, TL.ExponentialLR(_torch_optimizer("SGD"), 0.5).state_dict())
