@@ -539,3 +539,202 @@ def test_load_state_dict_names_an_argument_that_differs():
         sched.load_state_dict(state, torch_dict)
     with pytest.raises(ValueError, match="no 'step_size'"):
         sched.load_state_dict(state, TL.ExponentialLR(_torch_optimizer("SGD"), 0.5).state_dict())
+
+
+# --- whole recipes: optimizer, param groups, clipping and a scheduler, against torch ------------
+
+import optax  # noqa: E402
+
+import optadam.torch  # noqa: E402
+
+RECIPE_STEPS = 1000
+RECIPE_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+# A small MLP: two dense layers and a LayerNorm (leaf order: jax.tree.leaves, keys sorted).
+MLP = {
+    "dense1": {"b": (8,), "w": (4, 8)},
+    "dense2": {"b": (2,), "w": (8, 2)},
+    "ln": {"bias": (8,), "scale": (8,)},
+}
+NAMES = [f"{layer}/{leaf}" for layer in sorted(MLP) for leaf in sorted(MLP[layer])]
+NO_DECAY = ["*/b", "ln/*"]  # biases and LayerNorm weights, the Hugging Face recipe's second group
+
+
+def _no_decay(name):
+    return name.endswith("/b") or name.startswith("ln/")
+
+
+def _recipe_problem(dtype, seed=0):
+    """Initial params (at least 1 away from 0) and a gradient stream, both by leaf name."""
+    rng = np.random.default_rng(seed)
+    shapes = {f"{layer}/{leaf}": MLP[layer][leaf] for layer in MLP for leaf in MLP[layer]}
+    params = {
+        n: (rng.normal(size=shapes[n]) + np.sign(rng.normal(size=shapes[n])) * 2).astype(dtype)
+        for n in NAMES
+    }
+    grads = [
+        {n: (0.3 * rng.normal(size=shapes[n])).astype(dtype) for n in NAMES}
+        for _ in range(RECIPE_STEPS)
+    ]
+    return params, grads
+
+
+def _tree(flat):
+    tree = {}
+    for name, value in flat.items():
+        layer, leaf = name.split("/")
+        tree.setdefault(layer, {})[leaf] = value
+    return tree
+
+
+def clip_grad_norm_like_torch(max_norm):
+    """torch.nn.utils.clip_grad_norm_: g · min(1, max_norm / (‖g‖ + 1e-6)). (optax's
+    clip_by_global_norm has no 1e-6, 1e-7 apart here.)"""
+
+    def update(updates, state, params=None):
+        norms = jnp.stack([jnp.linalg.norm(jnp.ravel(g)) for g in jax.tree.leaves(updates)])
+        coef = jnp.minimum(max_norm / (jnp.linalg.norm(norms) + 1e-6), 1.0)
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def torch_recipe(
+    params, grads, make_optimizer, make_scheduler, clip=None, metrics=None, start=None
+):
+    """torch's params after every step, by leaf name; ``start`` = (optimizer, scheduler) state
+    dicts to load first. Returns the trajectory and the final (optimizer, scheduler)."""
+    tensors = {n: torch.tensor(params[n], requires_grad=True) for n in NAMES}
+    groups = [
+        {"params": [tensors[n] for n in NAMES if not _no_decay(n)]},
+        {"params": [tensors[n] for n in NAMES if _no_decay(n)], "weight_decay": 0.0},
+    ]
+    optimizer = make_optimizer(groups)
+    scheduler = make_scheduler(optimizer)
+    if start is not None:
+        optimizer.load_state_dict(start[0])
+        scheduler.load_state_dict(start[1])
+    trajectory = []
+    for k, g in enumerate(grads):
+        for n in NAMES:
+            tensors[n].grad = torch.tensor(g[n])
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(tensors.values()), clip)
+        optimizer.step()
+        scheduler.step() if metrics is None else scheduler.step(float(metrics[k]))
+        trajectory.append({n: tensors[n].detach().numpy().copy() for n in NAMES})
+    return trajectory, (optimizer, scheduler)
+
+
+def optadam_recipe(tx, params, grads, metrics=None, state=None):
+    """optadam's params after every step, by leaf name, from one jitted scan, and the final state.
+    ``metrics``: passed as ``value=`` (ReduceLROnPlateau); ``state``: the state to start from."""
+    params = _tree({n: jnp.asarray(v) for n, v in params.items()})
+    stacked = _tree({n: jnp.asarray(np.stack([g[n] for g in grads])) for n in NAMES})
+    state = tx.init(params) if state is None else state
+
+    @jax.jit
+    def run(params, state, stacked, metrics):
+        def step(carry, xs):
+            params, state = carry
+            g, metric = xs
+            extra = {} if metric is None else {"value": metric}
+            updates, state = tx.update(g, state, params, **extra)
+            params = optax.apply_updates(params, updates)
+            return (params, state), params
+
+        return jax.lax.scan(step, (params, state), (stacked, metrics))
+
+    (_, state), trajectory = run(
+        params, state, stacked, None if metrics is None else jnp.asarray(metrics)
+    )
+    flat = {n: np.asarray(trajectory[n.split("/")[0]][n.split("/")[1]]) for n in NAMES}
+    return [{n: flat[n][k] for n in NAMES} for k in range(len(grads))], state
+
+
+def _deviation(ours, theirs):
+    """max over steps and leaves of ‖ours − theirs‖∞ / ‖theirs‖∞."""
+    return max(
+        np.max(np.abs(a[n].astype(np.float64) - b[n])) / np.max(np.abs(b[n]))
+        for a, b in zip(ours, theirs, strict=True)
+        for n in NAMES
+    )
+
+
+WARMUP, TOTAL = 100, RECIPE_STEPS
+
+
+def _hf_lambda_torch(k):
+    """transformers' get_cosine_schedule_with_warmup, as torch's LambdaLR runs it."""
+    if k < WARMUP:
+        return k / max(1, WARMUP)
+    progress = (k - WARMUP) / max(1, TOTAL - WARMUP)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _hf_lambda_jax(k):
+    progress = (k - WARMUP) / max(1, TOTAL - WARMUP)
+    return jnp.where(
+        k < WARMUP, k / max(1, WARMUP), jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(math.pi * progress)))
+    )
+
+
+RECIPES = {
+    "adamw-lambda-warmup-cosine": (
+        lambda groups: torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.1),
+        lambda o: TL.LambdaLR(o, _hf_lambda_torch),
+        lambda: optadam.torch.AdamW(
+            [{"params": "*/w"}, {"params": NO_DECAY, "weight_decay": 0.0}],
+            lr=1e-2,
+            weight_decay=0.1,
+        ),
+        lambda tx: lr_scheduler.LambdaLR(tx, _hf_lambda_jax),
+    ),
+    "adamw-sequential-linear-cosine": (
+        lambda groups: torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.1),
+        lambda o: TL.SequentialLR(
+            o,
+            [TL.LinearLR(o, 1e-3, 1.0, WARMUP), TL.CosineAnnealingLR(o, TOTAL - WARMUP)],
+            [WARMUP],
+        ),
+        lambda: optadam.torch.AdamW(
+            [{"params": "*/w"}, {"params": NO_DECAY, "weight_decay": 0.0}],
+            lr=1e-2,
+            weight_decay=0.1,
+        ),
+        lambda tx: lr_scheduler.SequentialLR(
+            tx,
+            [
+                lr_scheduler.LinearLR(tx, 1e-3, 1.0, WARMUP),
+                lr_scheduler.CosineAnnealingLR(tx, TOTAL - WARMUP),
+            ],
+            [WARMUP],
+        ),
+    ),
+    "sgd-one-cycle": (
+        lambda groups: torch.optim.SGD(
+            groups, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True
+        ),
+        lambda o: TL.OneCycleLR(o, max_lr=[0.05, 0.02], total_steps=TOTAL),
+        lambda: optadam.torch.SGD(
+            [{"params": "*/w"}, {"params": NO_DECAY, "weight_decay": 0.0}],
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-3,
+            nesterov=True,
+        ),
+        lambda tx: lr_scheduler.OneCycleLR(tx, max_lr=[0.05, 0.02], total_steps=TOTAL),
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_with_groups_clipping_and_scheduler_follows_torch(request, dtype, recipe):
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    make_torch_opt, make_torch_sched, make_tx, make_sched = RECIPES[recipe]
+    params, grads = _recipe_problem(dtype)
+    theirs, _ = torch_recipe(params, grads, make_torch_opt, make_torch_sched, clip=1.0)
+    tx = optax.chain(clip_grad_norm_like_torch(1.0), make_sched(make_tx()))
+    ours, _ = optadam_recipe(tx, params, grads)
+    assert _deviation(ours, theirs) < RECIPE_TOLERANCE[dtype]
