@@ -738,3 +738,61 @@ def test_recipe_with_groups_clipping_and_scheduler_follows_torch(request, dtype,
     tx = optax.chain(clip_grad_norm_like_torch(1.0), make_sched(make_tx()))
     ours, _ = optadam_recipe(tx, params, grads)
     assert _deviation(ours, theirs) < RECIPE_TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_with_reduce_lr_on_plateau_on_a_recorded_loss_follows_torch(request, dtype):
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    params, grads = _recipe_problem(dtype, seed=3)
+    losses = _plateau_metrics(11)[:RECIPE_STEPS]
+    kwargs = {"factor": 0.5, "patience": 20, "cooldown": 5, "min_lr": [1e-5, 0.0]}
+    theirs, (optimizer, _) = torch_recipe(
+        params,
+        grads,
+        lambda groups: torch.optim.Adam(groups, lr=1e-2, weight_decay=1e-2),
+        lambda o: TL.ReduceLROnPlateau(o, **kwargs),
+        metrics=losses,
+    )
+    assert optimizer.param_groups[0]["lr"] < 1e-3  # reduced more than three times
+    tx = optadam.torch.Adam(
+        [{"params": "*/w"}, {"params": NO_DECAY, "weight_decay": 0.0}], lr=1e-2, weight_decay=1e-2
+    )
+    ours, _ = optadam_recipe(
+        lr_scheduler.ReduceLROnPlateau(tx, **kwargs), params, grads, metrics=losses.astype(dtype)
+    )
+    assert _deviation(ours, theirs) < RECIPE_TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("recipe", ["adamw-sequential-linear-cosine", "sgd-one-cycle"])
+def test_recipe_resumes_at_500_either_way(x64, recipe):
+    """torch's optimizer and scheduler state dicts at step 500 continue in optadam on torch's
+    trajectory to step 1,000; optadam's, exported at 500, continue in torch."""
+    make_torch_opt, make_torch_sched, make_tx, make_sched = RECIPES[recipe]
+    params, grads = _recipe_problem(np.float64, seed=5)
+    theirs, _ = torch_recipe(params, grads, make_torch_opt, make_torch_sched)
+    half = RECIPE_STEPS // 2
+    tree = _tree({n: jnp.asarray(v) for n, v in params.items()})
+
+    # torch -> optadam: run torch to 500, load both dicts, continue in optadam from its params.
+    _, (optimizer, scheduler) = torch_recipe(params, grads[:half], make_torch_opt, make_torch_sched)
+    sched = make_sched(make_tx())
+    state = sched.init(tree)
+    state = state._replace(
+        optimizer=optadam.torch.load_state_dict(sched.optimizer, optimizer.state_dict(), tree)
+    )
+    state = sched.load_state_dict(state, scheduler.state_dict())
+    ours, _ = optadam_recipe(sched, theirs[half - 1], grads[half:], state=state)
+    assert _deviation(ours, theirs[half:]) < 1e-10
+
+    # optadam -> torch: run optadam to 500, export both dicts, continue in torch.
+    sched = make_sched(make_tx())
+    mine, state = optadam_recipe(sched, params, grads[:half])
+    start = (
+        sched.optimizer_state_dict(state, _tree({n: jnp.asarray(v) for n, v in mine[-1].items()})),
+        sched.state_dict(state),
+    )
+    continued, _ = torch_recipe(
+        mine[-1], grads[half:], make_torch_opt, make_torch_sched, start=start
+    )
+    assert _deviation(continued, theirs[half:]) < 1e-10

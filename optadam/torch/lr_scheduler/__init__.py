@@ -74,6 +74,29 @@ class LRScheduler(optax.GradientTransformationExtraArgs):
         where = f"{self.schedule.torch_name} state_dict"
         return state._replace(scheduler=self.schedule.from_torch(dict(state_dict), where))
 
+    def optimizer_state_dict(self, state: ScheduledState, params: optax.Params) -> dict[str, Any]:
+        """torch's ``optimizer.state_dict()`` for the optimizer driven by this scheduler:
+        :func:`optadam.torch.state_dict` of ``state.optimizer``, with the entries torch's scheduler
+        adds to each param group (``initial_lr``; OneCycleLR's ``max_lr``, ``min_lr``, and the
+        momentum bounds), which torch's scheduler reads after ``optimizer.load_state_dict``."""
+        from optadam.torch._state_dict import state_dict
+
+        torch_dict = state_dict(self.optimizer, state.optimizer, params)
+        for group, entries in zip(torch_dict["param_groups"], self._group_entries(), strict=True):
+            group.update(entries)
+        return torch_dict
+
+    def _group_entries(self) -> list[dict[str, Any]]:
+        groups = _param_groups(self.optimizer)
+        hp = _hyperparams_of(self.optimizer, groups)
+        _, hp = self.schedule.construct(hp)
+        entries: list[dict[str, Any]] = [{} for _ in groups]
+        for k, group in enumerate(entries):
+            if hp["initial_lr"] is not None:
+                group["initial_lr"] = float(hp["initial_lr"][k])
+            group.update({key: v[k] for key, v in self.schedule.group_entries().items()})
+        return entries
+
     def __repr__(self) -> str:
         return f"optadam.torch.lr_scheduler.{self.schedule.torch_name}({self.optimizer!r}, ...)"
 
@@ -100,7 +123,11 @@ def _momentum_key(optimizer: Any) -> str | None:
 def _read(optimizer: Any, opt_state: optax.OptState) -> _schedules.Hyperparams:
     from optadam.torch._groups import group_hyperparams
 
-    groups = group_hyperparams(opt_state)
+    return _hyperparams_of(optimizer, group_hyperparams(opt_state))
+
+
+def _hyperparams_of(optimizer: Any, groups: Sequence[Any]) -> _schedules.Hyperparams:
+    """The schedulers' view of the groups' values: one array per key, one entry per group."""
     key = _momentum_key(optimizer)
     momentum = None
     if key == "betas":

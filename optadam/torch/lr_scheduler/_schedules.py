@@ -133,6 +133,11 @@ class Schedule:
     def closed_form(self, state: SchedulerState) -> jax.Array | None:
         return None
 
+    def group_entries(self) -> dict[str, list[Any]]:
+        """What the constructor writes into each param group besides lr, initial_lr and momentum
+        (one value per group): torch's optimizer state dict carries it."""
+        return {}
+
     # -- torch's state_dict --------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
@@ -528,6 +533,11 @@ class CyclicLR(Schedule):
         self.base_momentums = per_group("base_momentum", base_momentum, n_groups)
         self.max_momentums = per_group("max_momentum", max_momentum, n_groups)
 
+    def group_entries(self):
+        if not self.cycle_momentum:
+            return {}
+        return {"max_momentum": self.max_momentums, "base_momentum": self.base_momentums}
+
     def scale_fn(self, x: jax.Array) -> jax.Array:
         if self.scale_fn_custom is not None:
             return _traced("scale_fn", self.scale_fn_custom, x)
@@ -647,6 +657,12 @@ class OneCycleLR(Schedule):
                 _phase(end_up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
                 _phase(total_steps - 1, "max_lr", "min_lr", "base_momentum", "max_momentum"),
             ]
+
+    def group_entries(self):
+        keys = ["max_lr", "min_lr"] + (
+            ["max_momentum", "base_momentum"] if self.cycle_momentum else []
+        )
+        return {key: self.group_values[key] for key in keys}
 
     def anneal(self, start: Any, end: Any, pct: jax.Array) -> jax.Array:
         if self.anneal_strategy == "cos":
@@ -843,6 +859,9 @@ class SequentialLR(Schedule):
         )
         return state, hp
 
+    def group_entries(self):
+        return {k: v for s in self.schedulers for k, v in s.group_entries().items()}
+
     def undo(self, state):
         undone = tuple(
             s.undo(x) for s, x in zip(self.schedulers, state.extra["schedulers"], strict=True)
@@ -909,6 +928,9 @@ class ChainedScheduler(Schedule):
             states.append(state)
         state = SchedulerState(_int(0), _int(0), hp["lr"], hp["lr"], {"schedulers": tuple(states)})
         return state, hp
+
+    def group_entries(self):
+        return {k: v for s in self.schedulers for k, v in s.group_entries().items()}
 
     def undo(self, state):
         undone = tuple(
