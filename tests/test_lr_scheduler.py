@@ -506,6 +506,20 @@ def test_cycle_momentum_needs_a_momentum():
         lr_scheduler.OneCycleLR(NoMomentum(), 1.0, 100)
     lr_scheduler.OneCycleLR(NoMomentum(), 1.0, 100, cycle_momentum=False)  # fine without
 
+    class ZeroMomentum:  # SGD(momentum=0) keeps no buffer for the scheduler to drive
+        param_groups = ({"params": "*", "lr": 0.1, "momentum": 0},)
+
+    with pytest.raises(ValueError, match=r"param_groups\[0\] has momentum=0"):
+        lr_scheduler.CyclicLR(ZeroMomentum(), 0.01, 0.1)
+
+
+def test_refuses_an_optimizer_whose_lr_is_a_schedule():
+    class Scheduled:
+        param_groups = ({"params": "*", "lr": lambda count: 0.1, "momentum": 0.9},)
+
+    with pytest.raises(ValueError, match=r"param_groups\[0\]'s lr is a schedule"):
+        lr_scheduler.StepLR(Scheduled(), 10)
+
 
 def test_one_cycle_refuses_to_step_past_total_steps_eagerly_and_under_jit():
     sched = lr_scheduler.OneCycleLR(_Groups("SGD"), 1.0, total_steps=5)

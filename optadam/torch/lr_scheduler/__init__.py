@@ -111,6 +111,12 @@ def _param_groups(optimizer: Any) -> tuple[dict[str, Any], ...]:
             f"a scheduler is built from an optadam.torch optimizer (as torch's from a "
             f"torch.optim.Optimizer), got {type(optimizer).__name__}"
         )
+    for k, group in enumerate(groups):
+        if callable(group["lr"]):
+            raise ValueError(
+                f"param_groups[{k}]'s lr is a schedule (a callable), which a scheduler cannot "
+                "set: give the optimizer a number and let the scheduler schedule it"
+            )
     return tuple(groups)
 
 
@@ -211,6 +217,15 @@ def _use_beta1(optimizer: Any, cycle_momentum: bool) -> bool:
             "optimizer must support momentum or beta1 with `cycle_momentum` option enabled "
             f"({optimizer!r} has neither): pass cycle_momentum=False"
         )
+    if cycle_momentum and key == "momentum":
+        for k, group in enumerate(_param_groups(optimizer)):
+            if isinstance(group["momentum"], (int, float)) and group["momentum"] == 0:
+                raise ValueError(
+                    f"cycle_momentum=True, but param_groups[{k}] has momentum=0, for which "
+                    "the optimizer keeps no momentum buffer (torch's scheduler would switch "
+                    "momentum on): build the optimizer with a momentum > 0 (the scheduler sets "
+                    "its value from the first step), or pass cycle_momentum=False"
+                )
     return key == "betas"
 
 
