@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam.torch.lr_scheduler import _schedules
-from optadam.torch.lr_scheduler._schedules import SchedulerState
+from optadam.torch.lr_scheduler import _base, _composite, _cyclic, _decay, _plateau
+from optadam.torch.lr_scheduler._base import SchedulerState
 
 
 class ScheduledState(NamedTuple):
@@ -52,7 +52,7 @@ class LRScheduler(optax.GradientTransformationExtraArgs):
     that also offers torch's ``get_last_lr`` and ``state_dict`` / ``load_state_dict``."""
 
     optimizer: Any  # the optadam.torch optimizer it was built from
-    schedule: _schedules.Schedule  # the scheduler's arithmetic
+    schedule: _base.Schedule  # the scheduler's arithmetic
 
     def get_last_lr(self, state: ScheduledState) -> list[jax.Array]:
         """The LR of each param group for the next update (torch's ``get_last_lr()``)."""
@@ -126,13 +126,13 @@ def _momentum_key(optimizer: Any) -> str | None:
     return "betas" if "betas" in group else "momentum" if "momentum" in group else None
 
 
-def _read(optimizer: Any, opt_state: optax.OptState) -> _schedules.Hyperparams:
+def _read(optimizer: Any, opt_state: optax.OptState) -> _base.Hyperparams:
     from optadam.torch._groups import group_hyperparams
 
     return _hyperparams_of(optimizer, group_hyperparams(opt_state))
 
 
-def _hyperparams_of(optimizer: Any, groups: Sequence[Any]) -> _schedules.Hyperparams:
+def _hyperparams_of(optimizer: Any, groups: Sequence[Any]) -> _base.Hyperparams:
     """The schedulers' view of the groups' values: one array per key, one entry per group."""
     key = _momentum_key(optimizer)
     momentum = None
@@ -144,7 +144,7 @@ def _hyperparams_of(optimizer: Any, groups: Sequence[Any]) -> _schedules.Hyperpa
     return {"lr": lr, "initial_lr": None, "momentum": momentum}
 
 
-def _write(optimizer: Any, opt_state: optax.OptState, hp: _schedules.Hyperparams) -> optax.OptState:
+def _write(optimizer: Any, opt_state: optax.OptState, hp: _base.Hyperparams) -> optax.OptState:
     from optadam.torch._groups import group_hyperparams, with_group_hyperparams
 
     key = _momentum_key(optimizer)
@@ -159,8 +159,8 @@ def _write(optimizer: Any, opt_state: optax.OptState, hp: _schedules.Hyperparams
     return with_group_hyperparams(opt_state, groups)
 
 
-def _scheduler(optimizer: Any, schedule: _schedules.Schedule) -> LRScheduler:
-    needs_metric = isinstance(schedule, _schedules.ReduceLROnPlateau)
+def _scheduler(optimizer: Any, schedule: _base.Schedule) -> LRScheduler:
+    needs_metric = isinstance(schedule, _plateau.ReduceLROnPlateau)
 
     def init_fn(params: optax.Params) -> ScheduledState:
         opt_state = optimizer.init(params)
@@ -239,7 +239,7 @@ def LambdaLR(  # noqa: N802
 ) -> LRScheduler:
     """lr = initial_lr · lr_lambda(epoch); ``lr_lambda`` traceable (see the module docstring)."""
     lambdas = _lambdas(optimizer, lr_lambda)
-    return _scheduler(optimizer, _schedules.LambdaLR(len(lambdas), lambdas, last_epoch))
+    return _scheduler(optimizer, _decay.LambdaLR(len(lambdas), lambdas, last_epoch))
 
 
 def MultiplicativeLR(  # noqa: N802
@@ -249,7 +249,7 @@ def MultiplicativeLR(  # noqa: N802
 ) -> LRScheduler:
     """lr ← lr · lr_lambda(epoch) at every step after the first."""
     lambdas = _lambdas(optimizer, lr_lambda)
-    return _scheduler(optimizer, _schedules.MultiplicativeLR(len(lambdas), lambdas, last_epoch))
+    return _scheduler(optimizer, _decay.MultiplicativeLR(len(lambdas), lambdas, last_epoch))
 
 
 def StepLR(  # noqa: N802
@@ -257,9 +257,7 @@ def StepLR(  # noqa: N802
 ) -> LRScheduler:
     """lr ← lr · gamma every ``step_size`` steps."""
     _positive_int("step_size", step_size)
-    return _scheduler(
-        optimizer, _schedules.StepLR(_n_groups(optimizer), step_size, gamma, last_epoch)
-    )
+    return _scheduler(optimizer, _decay.StepLR(_n_groups(optimizer), step_size, gamma, last_epoch))
 
 
 def MultiStepLR(  # noqa: N802
@@ -267,8 +265,8 @@ def MultiStepLR(  # noqa: N802
 ) -> LRScheduler:
     """lr ← lr · gamma at each milestone (increasing step numbers)."""
     milestones = list(milestones)
-    _schedules.check_increasing("milestones", milestones)
-    schedule = _schedules.MultiStepLR(_n_groups(optimizer), milestones, gamma, last_epoch)
+    _base.check_increasing("milestones", milestones)
+    schedule = _decay.MultiStepLR(_n_groups(optimizer), milestones, gamma, last_epoch)
     return _scheduler(optimizer, schedule)
 
 
@@ -278,7 +276,7 @@ def ConstantLR(  # noqa: N802
     """lr = initial_lr · factor for ``total_iters`` steps, then initial_lr."""
     if factor > 1.0 or factor < 0:
         raise ValueError(f"ConstantLR's factor must be in [0, 1], got {factor!r}")
-    schedule = _schedules.ConstantLR(_n_groups(optimizer), factor, total_iters, last_epoch)
+    schedule = _decay.ConstantLR(_n_groups(optimizer), factor, total_iters, last_epoch)
     return _scheduler(optimizer, schedule)
 
 
@@ -294,7 +292,7 @@ def LinearLR(  # noqa: N802
         raise ValueError(f"LinearLR's start_factor must be in (0, 1], got {start_factor!r}")
     if end_factor > 1.0 or end_factor < 0:
         raise ValueError(f"LinearLR's end_factor must be in [0, 1], got {end_factor!r}")
-    schedule = _schedules.LinearLR(
+    schedule = _decay.LinearLR(
         _n_groups(optimizer), start_factor, end_factor, total_iters, last_epoch
     )
     return _scheduler(optimizer, schedule)
@@ -302,7 +300,7 @@ def LinearLR(  # noqa: N802
 
 def ExponentialLR(optimizer: Any, gamma: float, last_epoch: int = -1) -> LRScheduler:  # noqa: N802
     """lr ← lr · gamma at every step."""
-    return _scheduler(optimizer, _schedules.ExponentialLR(_n_groups(optimizer), gamma, last_epoch))
+    return _scheduler(optimizer, _decay.ExponentialLR(_n_groups(optimizer), gamma, last_epoch))
 
 
 def PolynomialLR(  # noqa: N802
@@ -310,7 +308,7 @@ def PolynomialLR(  # noqa: N802
 ) -> LRScheduler:
     """lr = initial_lr · (1 − t/total_iters)^power, down to 0 at ``total_iters``."""
     _positive_int("total_iters", total_iters)
-    schedule = _schedules.PolynomialLR(_n_groups(optimizer), total_iters, power, last_epoch)
+    schedule = _decay.PolynomialLR(_n_groups(optimizer), total_iters, power, last_epoch)
     return _scheduler(optimizer, schedule)
 
 
@@ -319,7 +317,7 @@ def CosineAnnealingLR(  # noqa: N802
 ) -> LRScheduler:
     """Cosine from initial_lr down to ``eta_min`` over ``T_max`` steps (and back up after)."""
     _positive_int("T_max", T_max)
-    schedule = _schedules.CosineAnnealingLR(_n_groups(optimizer), T_max, eta_min, last_epoch)
+    schedule = _decay.CosineAnnealingLR(_n_groups(optimizer), T_max, eta_min, last_epoch)
     return _scheduler(optimizer, schedule)
 
 
@@ -334,7 +332,7 @@ def CosineAnnealingWarmRestarts(  # noqa: N802
         raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult!r}")
     if not isinstance(eta_min, (float, int)):
         raise ValueError(f"Expected float or int eta_min, but got {eta_min!r}")
-    schedule = _schedules.CosineAnnealingWarmRestarts(
+    schedule = _decay.CosineAnnealingWarmRestarts(
         _n_groups(optimizer), T_0, T_mult, eta_min, last_epoch
     )
     return _scheduler(optimizer, schedule)
@@ -367,7 +365,7 @@ def CyclicLR(  # noqa: N802
         raise ValueError(
             f"CyclicLR's scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}"
         )
-    schedule = _schedules.CyclicLR(
+    schedule = _cyclic.CyclicLR(
         _n_groups(optimizer),
         base_lr,
         max_lr,
@@ -419,7 +417,7 @@ def OneCycleLR(  # noqa: N802
         raise ValueError(
             f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy!r}"
         )
-    schedule = _schedules.OneCycleLR(
+    schedule = _cyclic.OneCycleLR(
         _n_groups(optimizer),
         max_lr,
         total_steps,
@@ -462,7 +460,7 @@ def ReduceLROnPlateau(  # noqa: N802
         raise ValueError(
             f"expected {_n_groups(optimizer)} min_lrs (one per param group), got {len(min_lr)}"
         )
-    schedule = _schedules.ReduceLROnPlateau(
+    schedule = _plateau.ReduceLROnPlateau(
         _n_groups(optimizer),
         mode,
         factor,
@@ -512,8 +510,8 @@ def SequentialLR(  # noqa: N802
             f"SequentialLR expects one milestone fewer than schedulers, but got "
             f"{len(schedulers)} schedulers and {len(milestones)} milestones"
         )
-    _schedules.check_increasing("milestones", milestones)
-    schedule = _schedules.SequentialLR(
+    _base.check_increasing("milestones", milestones)
+    schedule = _composite.SequentialLR(
         _n_groups(optimizer), [s.schedule for s in schedulers], milestones, last_epoch
     )
     return _scheduler(optimizer, schedule)
@@ -527,7 +525,7 @@ def ChainedScheduler(  # noqa: N802
         raise ValueError("ChainedScheduler expects at least one scheduler, but got none")
     optimizer = optimizer if optimizer is not None else schedulers[0].optimizer
     _same_optimizer("ChainedScheduler", optimizer, schedulers)
-    schedule = _schedules.ChainedScheduler(_n_groups(optimizer), [s.schedule for s in schedulers])
+    schedule = _composite.ChainedScheduler(_n_groups(optimizer), [s.schedule for s in schedulers])
     return _scheduler(optimizer, schedule)
 
 
