@@ -34,26 +34,28 @@ Example:
 """
 
 from optadam.torch import lr_scheduler as lr_scheduler
-from optadam.torch._common import TorchOptimizer
+from optadam.torch._common import TorchOptimizer, TorchState
 from optadam.torch._state_dict import load_state_dict, state_dict
 from optadam.torch.adagrad import Adagrad
-from optadam.torch.adam import Adam, AdamW
+from optadam.torch.adam import Adam, AdamMoments, AdamW, AmsgradMoments
 from optadam.torch.nadam import NAdam, ScaleByNadamState
 from optadam.torch.radam import RAdam
 from optadam.torch.rmsprop import RMSprop
-from optadam.torch.sgd import SGD, ScaleByDampenedMomentumState
+from optadam.torch.sgd import SGD
 
 __all__ = [
     "SGD",
     "Adagrad",
     "Adam",
+    "AdamMoments",
     "AdamW",
+    "AmsgradMoments",
     "NAdam",
     "RAdam",
     "RMSprop",
-    "ScaleByDampenedMomentumState",
     "ScaleByNadamState",
     "TorchOptimizer",
+    "TorchState",
     "load_state_dict",
     "state_dict",
 ]

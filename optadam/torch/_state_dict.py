@@ -2,12 +2,14 @@
 
 torch's ``optimizer.state_dict()`` is ``{"state": {i: {key: tensor, ...}}, "param_groups": [{...,
 "params": [i, ...]}]}``: the state of each parameter under an integer index, the indices numbered
-through the param groups in order. Index i here is the i-th leaf of ``jax.tree.leaves(params)``:
-register a model's parameters with torch in that order (``torch.optim.Adam(list_of_tensors)``), or
-order the pytree's leaves as ``model.parameters()`` does.
+through the param groups in order. Here group k of the state dict is ``tx.param_groups[k]``, and its
+indices are the leaves that group selects, in the order of ``jax.tree.leaves(params)``: with one
+group, index i is leaf i. Register a model's parameters with torch in that order, or order the
+pytree's leaves as ``model.parameters()`` does.
 
-Each optadam state field has a torch name (:data:`TORCH_KEYS`); every step ``count`` is torch's
-``step`` (one count for all parameters: torch keeps one per parameter, and they must agree).
+Each optadam state field has a torch name (:data:`PER_PARAMETER`, :data:`PER_GROUP`); the state's
+one ``count`` is torch's ``step`` (torch keeps one per parameter, and they must agree). The
+schedulable hyperparameters (lr, momentum, betas) travel both ways, with their current values.
 """
 
 from __future__ import annotations
@@ -22,66 +24,72 @@ import numpy as np
 import optax
 
 from optadam.adagrad import ScaleByAdagradState
-from optadam.adam import ScaleByAdamState, ScaleByAmsgradState
-from optadam.momentum import ScaleByMomentumState
-from optadam.rmsprop import ScaleByRmsState
-from optadam.torch._common import TorchOptimizer, value_at
+from optadam.torch import _groups
+from optadam.torch._common import MomentumBufferState, TorchOptimizer, TorchState
 from optadam.torch.adagrad import Adagrad
-from optadam.torch.adam import Adam, AdamW
+from optadam.torch.adam import Adam, AdamMoments, AdamW, AmsgradMoments
 from optadam.torch.nadam import NAdam, ScaleByNadamState
 from optadam.torch.radam import RAdam
-from optadam.torch.rmsprop import RMSprop
-from optadam.torch.sgd import SGD, ScaleByDampenedMomentumState
+from optadam.torch.rmsprop import RMSprop, ScaleByRmsState
+from optadam.torch.sgd import SGD
 
-# For each state type in an optadam.torch optimizer: field -> torch's per-parameter key, for the
-# fields that hold one array per parameter. The scalars are `count` (torch's `step`) and NAdam's
-# `mu_product` (torch's `mu_product`).
-TORCH_KEYS: dict[type, dict[str, str]] = {
-    ScaleByAdamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
-    ScaleByAmsgradState: {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+# For each state type in a group's chain: field -> torch's per-parameter key, for the fields that
+# hold one array per parameter.
+PER_PARAMETER: dict[type, dict[str, str]] = {
+    AdamMoments: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    AmsgradMoments: {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
     ScaleByNadamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
-    ScaleByRmsState: {"mu": "grad_avg", "nu": "square_avg"},
-    ScaleByMomentumState: {"trace": "momentum_buffer"},
-    ScaleByDampenedMomentumState: {"trace": "momentum_buffer"},
+    ScaleByRmsState: {"nu": "square_avg", "mu": "grad_avg"},
+    MomentumBufferState: {"trace": "momentum_buffer"},
     ScaleByAdagradState: {"sum_of_squares": "sum"},
-    optax.ScaleByScheduleState: {},
     optax.EmptyState: {},
 }
-_SCALARS = {"count": "step", "mu_product": "mu_product"}
-# Param-group keys that are not hyperparameters (torch's own, and LR schedulers').
-_BOOKKEEPING = {"params", "param_names", "initial_lr"}
+# Fields that hold one scalar per group, which torch keeps per parameter (all equal in a group).
+PER_GROUP: dict[type, dict[str, str]] = {ScaleByNadamState: {"mu_product": "mu_product"}}
+# torch.optim classes whose per-parameter state has no "step".
+STEPLESS = {"SGD"}
+# Param-group keys that are not hyperparameters (torch's own, LR schedulers', ours).
+_BOOKKEEPING = {"params", "param_names", "initial_lr", "name"}
+# Implementation switches: they need not agree (see optadam.torch._common.check_switches).
+_SWITCHES = {"foreach", "fused", "capturable", "differentiable"}
 # Hyperparameters newer than some torch versions' state dicts; the others must be there.
-_OPTIONAL = {
-    "foreach",
-    "fused",
-    "capturable",
-    "differentiable",
-    "maximize",
-    "decoupled_weight_decay",
-}
+_OPTIONAL = _SWITCHES | {"maximize", "decoupled_weight_decay"}
+
+PerParameter = Callable[[str, Any], Any]  # (torch key, the field's tree) -> the new tree
+Scalar = Callable[[str, Any], Any]  # (torch key, the field's value) -> the new value
 
 
-def _rebuild(
-    node: Any, per_parameter: Callable[[str, Any], Any], scalar: Callable[[str, Any], Any]
-) -> Any:
-    """The state tree with each per-parameter field replaced by ``per_parameter(torch_key, tree)``
-    and each scalar by ``scalar(torch_key, value)``; fields that are None stay None."""
+def _rebuild(node: Any, per_parameter: PerParameter, scalar: Scalar) -> Any:
+    """A group's chain state with each per-parameter field replaced by ``per_parameter(torch_key,
+    tree)`` and each per-group scalar by ``scalar(torch_key, value)``; None fields stay None."""
     if isinstance(node, tuple) and hasattr(node, "_fields"):
-        keys = TORCH_KEYS.get(type(node))
-        if keys is None:
+        if type(node) not in PER_PARAMETER:
             raise TypeError(f"optadam.torch has no torch equivalent of the state {type(node)}")
-        fields: dict[str, Any] = {}
-        for name, value in zip(node._fields, node, strict=True):
-            if value is None:
-                fields[name] = None
-            elif name in keys:
-                fields[name] = per_parameter(keys[name], value)
-            else:
-                fields[name] = scalar(_SCALARS[name], value)
+        keys, scalars = PER_PARAMETER[type(node)], PER_GROUP.get(type(node), {})
+        fields = {
+            name: None
+            if value is None
+            else per_parameter(keys[name], value)
+            if name in keys
+            else scalar(scalars[name], value)
+            for name, value in zip(node._fields, node, strict=True)
+        }
         return type(node)(**fields)
     if isinstance(node, tuple):
         return tuple(_rebuild(child, per_parameter, scalar) for child in node)
     raise TypeError(f"unexpected node in an optadam.torch state: {node!r}")
+
+
+def _torch_keys(tx: TorchOptimizer, group_state: Any) -> set[str]:
+    """The keys torch keeps per parameter for a group whose chain state is ``group_state``."""
+    keys: set[str] = set() if tx.torch_name in STEPLESS else {"step"}
+
+    def collect(key: str, value: Any) -> Any:
+        keys.add(key)
+        return value
+
+    _rebuild(group_state, collect, collect)
+    return keys
 
 
 def _check_optimizer(tx: Any) -> TorchOptimizer:
@@ -103,59 +111,19 @@ def _numpy(value: Any) -> np.ndarray:
     return np.array(value)
 
 
-def _leaf_names(params: optax.Params) -> list[str]:
-    paths, _ = jax.tree_util.tree_flatten_with_path(params)
-    return [
-        f"parameter {i} (leaf {jax.tree_util.keystr(path) or 'params'})"
-        for i, (path, _) in enumerate(paths)
-    ]
+def _plain(value: Any) -> Any:
+    """A hyperparameter as torch keeps it: Python numbers, tuples of them, bools, None.
 
-
-def _torch_parameters(tx: TorchOptimizer, torch_state_dict: Any, n: int) -> list[dict[str, Any]]:
-    """The per-parameter state dicts of a torch state dict, in index order, after checking that it
-    comes from the same torch.optim class and holds ``n`` parameters."""
-    if not isinstance(torch_state_dict, Mapping) or set(torch_state_dict) != {
-        "state",
-        "param_groups",
-    }:
-        keys = sorted(torch_state_dict) if isinstance(torch_state_dict, Mapping) else None
-        raise ValueError(
-            "expected a torch optimizer's state_dict(), a dict with the keys 'state' and "
-            f"'param_groups', got {type(torch_state_dict).__name__} with keys {keys}"
-        )
-    groups = torch_state_dict["param_groups"]
-    ours = set(tx.param_group)
-    others = _all_hyperparameters() - ours
-    for j, group in enumerate(groups):
-        foreign = sorted(set(group) & others)
-        missing = sorted(ours - _OPTIONAL - set(group))
-        if foreign or missing:
-            raise ValueError(
-                f"param_groups[{j}] is not a torch.optim.{tx.torch_name} param group: "
-                f"it has {foreign} (not {tx.torch_name}'s) and lacks {missing}"
-            )
-        differ = sorted(
-            k
-            for k in (set(group) | set(groups[0])) - _BOOKKEEPING
-            if group.get(k) != groups[0].get(k)
-        )
-        if differ:
-            raise ValueError(
-                f"param_groups[0] and param_groups[{j}] differ in {differ}; one optadam.torch "
-                "optimizer has one set of hyperparameters: give each group its own (e.g. with "
-                "optax.multi_transform) and load each from a state dict of that group alone"
-            )
-    indices = [i for group in groups for i in group["params"]]
-    if len(indices) != n:
-        raise ValueError(
-            f"the torch state dict has {len(indices)} parameters (param_groups' 'params': "
-            f"{[group['params'] for group in groups]}) but params has {n} leaves"
-        )
-    state = torch_state_dict["state"]
-    unknown = sorted(set(state) - set(indices), key=str)
-    if unknown:
-        raise ValueError(f"the torch state dict has state for unknown parameter indices {unknown}")
-    return [dict(state.get(i, {})) for i in indices]
+    Without x64 the state keeps lr, momentum and betas in float32; torch keeps doubles.
+    """
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        scalar = np.asarray(value)[()]
+        if scalar.dtype == np.float32:  # the shortest decimal that rounds to it: 0.01, not
+            return float(str(scalar))  # 0.009999999776, so torch gets the number it was given
+        return scalar.item()
+    return value
 
 
 def _all_hyperparameters() -> set[str]:
@@ -169,18 +137,175 @@ def _all_hyperparameters() -> set[str]:
         RAdam,
         NAdam,
     ]
-    return {key for factory in factories for key in factory().param_group}
+    return {key for factory in factories for key in factory().defaults}
 
 
-def _one_value(name: str, values: list[tuple[str, Any]]) -> Any:
-    first_where, first = values[0]
-    for where, value in values[1:]:
-        if not np.array_equal(value, first):
+class _Layout:
+    """Which leaves are torch's parameters, and their torch indices: group by group, each group's
+    leaves in leaf order."""
+
+    def __init__(self, tx: TorchOptimizer, params: optax.Params) -> None:
+        paths, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
+        owner = _groups.owners(tx.param_groups, params)
+        self.members = [
+            [i for i, o in enumerate(owner) if o == k] for k in range(len(tx.param_groups))
+        ]
+        self.leaves = [leaf for _, leaf in paths]
+        self.names = [
+            f"leaf {_groups.path_name(path) or 'params'}" for path, _ in paths
+        ]  # for errors
+
+
+# --- torch -> optadam --------------------------------------------------------------------------
+
+
+def _check_torch_groups(
+    tx: TorchOptimizer, torch_state_dict: Any, layout: _Layout
+) -> list[dict[str, Any]]:
+    """The state dict's param groups, after checking that they are ``tx``'s: the same class, the
+    same number of groups, of parameters per group, and the same fixed hyperparameters."""
+    if not isinstance(torch_state_dict, Mapping) or set(torch_state_dict) != {
+        "state",
+        "param_groups",
+    }:
+        keys = sorted(torch_state_dict) if isinstance(torch_state_dict, Mapping) else None
+        raise ValueError(
+            "expected a torch optimizer's state_dict(), a dict with the keys 'state' and "
+            f"'param_groups', got {type(torch_state_dict).__name__} with keys {keys}"
+        )
+    groups = list(torch_state_dict["param_groups"])
+    if len(groups) != len(tx.param_groups):
+        raise ValueError(
+            f"the torch state dict has {len(groups)} param groups, tx has "
+            f"{len(tx.param_groups)}: build tx with torch's groups, in torch's order"
+        )
+    ours = set(tx.defaults)
+    others = _all_hyperparameters() - ours
+    for k, (theirs, mine) in enumerate(zip(groups, tx.param_groups, strict=True)):
+        foreign, missing = sorted(set(theirs) & others), sorted(ours - _OPTIONAL - set(theirs))
+        if foreign or missing:
             raise ValueError(
-                f"optadam keeps one {name} for all parameters, but the torch state dict has "
-                f"{name} {first} for {first_where} and {value} for {where}"
+                f"param_groups[{k}] is not a torch.optim.{tx.torch_name} param group: "
+                f"it has {foreign} (not {tx.torch_name}'s) and lacks {missing}"
             )
-    return first
+        fixed = ours - set(tx.schedulable) - _SWITCHES
+        differ = sorted(
+            key for key in fixed if key in theirs and _plain(theirs[key]) != _plain(mine[key])
+        )
+        if differ:
+            raise ValueError(
+                f"param_groups[{k}] differs from tx's in "
+                + ", ".join(
+                    f"{key} ({theirs[key]!r} in torch, {mine[key]!r} in tx)" for key in differ
+                )
+            )
+        if len(theirs["params"]) != len(layout.members[k]):
+            raise ValueError(
+                f"param_groups[{k}] has {len(theirs['params'])} parameters in the torch state "
+                f"dict, but tx's group selects {len(layout.members[k])} leaves: "
+                f"{[layout.names[i] for i in layout.members[k]]}"
+            )
+    indices = [i for group in groups for i in group["params"]]
+    unknown = sorted(set(torch_state_dict["state"]) - set(indices), key=str)
+    if unknown:
+        raise ValueError(f"the torch state dict has state for unknown parameter indices {unknown}")
+    return groups
+
+
+def _one_step(names: list[str], entries: list[dict[str, Any]]) -> int:
+    """torch's per-parameter ``step``, the same for every parameter that has state."""
+    steps = [(n, int(_numpy(d["step"]).item())) for n, d in zip(names, entries, strict=True) if d]
+    for name, value in steps[1:]:
+        if value != steps[0][1]:
+            raise ValueError(
+                f"optadam keeps one step for all parameters, but the torch state dict has step "
+                f"{steps[0][1]} for {steps[0][0]} and {value} for {name}"
+            )
+    return steps[0][1] if steps else 0
+
+
+def _count(tx: TorchOptimizer, names: list[str], entries: list[dict[str, Any]], step: Any) -> int:
+    """The state's count: torch's step, or for SGD (which keeps none) ``step`` or what the
+    momentum buffers tell."""
+    stepped = any(entries)
+    if tx.torch_name not in STEPLESS:
+        torch_step = _one_step(names, entries)
+        if step is not None and step != torch_step:
+            raise ValueError(f"step={step} but the torch state dict's step is {torch_step}")
+        return torch_step
+    if step is not None:
+        if stepped and step == 0:
+            raise ValueError("step=0, but the torch state dict has momentum buffers")
+        return int(step)
+    if any(callable(group["lr"]) for group in tx.param_groups):
+        raise ValueError(
+            "torch's SGD keeps no step count and this SGD's lr is a schedule: pass step= "
+            "(the number of steps taken, e.g. the LR scheduler's last_epoch)"
+        )
+    return 1 if stepped else 0  # the momentum buffer exists from the first step
+
+
+def _loaded(key: str, name: str, value: Any, param: Any, like: Any) -> jax.Array:
+    """torch's ``key`` tensor of a parameter as the state leaf ``like``, checked against it."""
+    value = _numpy(value)
+    if jnp.iscomplexobj(param) != np.iscomplexobj(value):
+        raise ValueError(
+            f"torch's {key} for {name} is {value.dtype} but the parameter is "
+            f"{jnp.result_type(param)}"
+        )
+    shape = value.shape
+    if np.iscomplexobj(value):  # optadam.torch holds complex leaves as (real, imag) pairs
+        value = np.stack([value.real, value.imag], axis=-1)
+    if value.shape != like.shape:
+        raise ValueError(
+            f"torch's {key} for {name} has shape {shape}, the parameter has shape "
+            f"{jnp.shape(param)}"
+        )
+    return jnp.asarray(value, like.dtype)
+
+
+def _load_group(
+    tx: TorchOptimizer,
+    template: Any,
+    names: list[str],
+    params: list[Any],
+    entries: list[dict[str, Any]],
+) -> Any:
+    """A group's chain state from torch's per-parameter entries (its members, in order)."""
+    expected = _torch_keys(tx, template)
+    for name, d in zip(names, entries, strict=True):
+        if d and set(d) != expected:
+            raise ValueError(
+                f"torch.optim.{tx.torch_name} state for {name}: unknown keys "
+                f"{sorted(set(d) - expected)}, missing keys {sorted(expected - set(d))} "
+                f"(expected {sorted(expected)})"
+            )
+    if not any(entries):  # torch creates its state at the first step
+        return template
+    if not all(entries):
+        raise ValueError(
+            f"the torch state dict has state for {sum(map(bool, entries))} of {len(entries)} "
+            f"parameters of a group (none for {names[[bool(d) for d in entries].index(False)]}, "
+            "which never had a gradient?); optadam keeps one step count for all parameters"
+        )
+
+    def per_parameter(key: str, like: Any) -> Any:
+        leaves, treedef = jax.tree.flatten(like)
+        loaded = [
+            _loaded(key, n, d[key], p, x)
+            for n, d, p, x in zip(names, entries, params, leaves, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, loaded)
+
+    def scalar(key: str, like: Any) -> Any:
+        values = {_numpy(d[key]).item() for d in entries}
+        if len(values) > 1:
+            raise ValueError(
+                f"optadam keeps one {key} per group, the torch state dict has {values}"
+            )
+        return jnp.asarray(values.pop(), like.dtype)
+
+    return _rebuild(template, per_parameter, scalar)
 
 
 def load_state_dict(
@@ -189,17 +314,16 @@ def load_state_dict(
     params: optax.Params,
     *,
     step: int | None = None,
-) -> optax.OptState:
+) -> TorchState:
     """The optadam state of ``tx`` that continues a torch optimizer from its ``state_dict()``.
 
-    ``tx`` is the optadam.torch optimizer built with the torch optimizer's arguments, ``params``
-    the parameters (the state's shapes and dtypes; leaf i is torch's parameter index i). Values
-    may be torch tensors or NumPy arrays. torch's state is lazily created, so a state dict with no
-    per-parameter state (no step taken yet) gives ``tx.init(params)``.
+    ``tx`` is the optadam.torch optimizer built with the torch optimizer's arguments (its param
+    groups in torch's order), ``params`` the parameters (the state's shapes and dtypes). Values may
+    be torch tensors or NumPy arrays. torch's state is lazily created, so a state dict with no
+    per-parameter state (no step taken yet) gives ``tx.init(params)`` with torch's hyperparameters.
 
-    Hyperparameters are ``tx``'s: the state dict's ``param_groups`` are read for their parameter
-    indices and checked to be the same torch.optim class, not for their values (torch would load
-    them; set them in ``tx``).
+    Each group's ``lr``, ``momentum`` or ``betas`` are loaded (as torch loads them; a group whose
+    lr is a schedule keeps its schedule). Its other hyperparameters must be ``tx``'s.
 
     Args:
       tx: an optadam.torch optimizer, e.g. ``optadam.torch.Adam(lr=1e-3)``.
@@ -210,92 +334,41 @@ def load_state_dict(
         given it must agree.
 
     Raises:
-      ValueError: a state dict of another optimizer or another number of parameters, unknown or
-        missing keys, shapes that differ from the parameters', or steps that differ between
-        parameters.
+      ValueError: a state dict of another optimizer, other groups or another number of
+        parameters in a group, other fixed hyperparameters, unknown or missing keys, shapes that
+        differ from the parameters', or steps that differ between parameters; each names the group,
+        the parameter or the key.
     """
     tx = _check_optimizer(tx)
+    layout = _Layout(tx, params)
+    groups = _check_torch_groups(tx, torch_state_dict, layout)
+    state = torch_state_dict["state"]
+    entries = [[dict(state.get(i, {})) for i in group["params"]] for group in groups]
+    names = [
+        [f"parameter {i} ({layout.names[leaf]})" for i, leaf in zip(g["params"], m, strict=True)]
+        for g, m in zip(groups, layout.members, strict=True)
+    ]
+    flat_names = [n for group in names for n in group]
+    count = _count(tx, flat_names, [d for group in entries for d in group], step)
     template = tx.init(params)
-    param_leaves = jax.tree.leaves(params)
-    names = _leaf_names(params)
-    torch_params = _torch_parameters(tx, torch_state_dict, len(param_leaves))
+    group_states = tuple(
+        _load_group(tx, s, n, [layout.leaves[i] for i in m], e)
+        for s, n, m, e in zip(template.groups, names, layout.members, entries, strict=True)
+    )
+    hyperparams = []
+    for theirs, mine in zip(groups, tx.param_groups, strict=True):
+        values = {key: theirs[key] for key in tx.schedulable}
+        if callable(mine["lr"]):
+            values["lr"] = mine["lr"](jnp.asarray(count, jnp.int32))
+        hyperparams.append(_groups.as_arrays(values, params))
+    return TorchState(
+        count=jnp.asarray(count, template.count.dtype),
+        hyperparams=tuple(hyperparams),
+        groups=group_states,
+    )
 
-    expected: set[str] = set()
 
-    def expect(key: str, value: Any) -> Any:
-        expected.add(key)
-        return value
-
-    _rebuild(template, expect, expect)
-    if tx.torch_name == "SGD":
-        expected.discard("step")
-    stepped = [bool(d) for d in torch_params]
-    for name, d in zip(names, torch_params, strict=True):
-        if d and set(d) != expected:
-            raise ValueError(
-                f"torch.optim.{tx.torch_name} state for {name}: unknown keys "
-                f"{sorted(set(d) - expected)}, missing keys {sorted(expected - set(d))} "
-                f"(expected {sorted(expected)})"
-            )
-    if any(stepped) and not all(stepped):
-        raise ValueError(
-            f"the torch state dict has state for {stepped.count(True)} of {len(stepped)} "
-            f"parameters (none for {names[stepped.index(False)]}, which never had a gradient?); "
-            "optadam keeps one step count for all parameters"
-        )
-
-    def one_value(key: str) -> Any:
-        values = [(n, _numpy(d[key]).item()) for n, d in zip(names, torch_params, strict=True)]
-        return _one_value(key, values)
-
-    torch_step = None  # SGD keeps none
-    if "step" in expected:
-        torch_step = int(one_value("step")) if any(stepped) else 0
-    if torch_step is not None:
-        if step is not None and step != torch_step:
-            raise ValueError(f"step={step} but the torch state dict's step is {torch_step}")
-        count = torch_step
-    elif step is not None:  # SGD
-        if any(stepped) and step == 0:
-            raise ValueError("step=0, but the torch state dict has momentum buffers")
-        count = step
-    elif callable(tx.param_group["lr"]):
-        raise ValueError(
-            "torch's SGD keeps no step count and this SGD's lr is a schedule: pass step= "
-            "(the number of steps taken, e.g. the LR scheduler's last_epoch)"
-        )
-    else:
-        count = 1 if any(stepped) else 0  # the momentum buffer exists from the first step
-
-    def per_parameter(key: str, like: Any) -> Any:
-        if not any(stepped):
-            return like
-        leaves, treedef = jax.tree.flatten(like)
-        loaded = []
-        for name, p, d, x in zip(names, param_leaves, torch_params, leaves, strict=True):
-            value = _numpy(d[key])
-            if jnp.iscomplexobj(p) != np.iscomplexobj(value):
-                raise ValueError(
-                    f"torch's {key} for {name} is {value.dtype} but the parameter is "
-                    f"{jnp.result_type(p)}"
-                )
-            if np.iscomplexobj(value):  # optadam.torch holds complex leaves as (real, imag) pairs
-                value = np.stack([value.real, value.imag], axis=-1)
-            if value.shape != x.shape:
-                shape = x.shape[:-1] if jnp.iscomplexobj(p) else x.shape
-                raise ValueError(
-                    f"torch's {key} for {name} has shape {_numpy(d[key]).shape}, the parameter "
-                    f"has shape {shape}"
-                )
-            loaded.append(jnp.asarray(value, x.dtype))
-        return jax.tree.unflatten(treedef, loaded)
-
-    def scalar(key: str, like: Any) -> Any:
-        if key == "step":
-            return jnp.asarray(count, like.dtype)
-        return jnp.asarray(one_value(key), like.dtype) if any(stepped) else like
-
-    return _rebuild(template, per_parameter, scalar)
+# --- optadam -> torch --------------------------------------------------------------------------
 
 
 def state_dict(
@@ -304,8 +377,8 @@ def state_dict(
     """The torch ``state_dict()`` of an optadam.torch optimizer's state, for
     ``torch_optimizer.load_state_dict``; needs torch.
 
-    Leaf i of ``jax.tree.leaves(params)`` becomes torch's parameter index i, in one param group
-    whose hyperparameters are ``tx``'s (for a schedule, ``lr`` is its value at the next step).
+    Group k is ``tx.param_groups[k]``, with the current lr, momentum or betas of the state (for a
+    schedule, the lr of the next step); its parameter indices number its leaves, group after group.
     Before the first step the per-parameter state is empty, as torch's is (Adagrad's excepted,
     which torch creates with the optimizer).
 
@@ -315,7 +388,7 @@ def state_dict(
       params: the parameters (for the order of the leaves).
 
     Returns:
-      ``{"state": {i: {key: torch.Tensor}}, "param_groups": [{..., "params": [0, 1, ...]}]}``.
+      ``{"state": {i: {key: torch.Tensor}}, "param_groups": [{..., "params": [i, ...]}, ...]}``.
     """
     tx = _check_optimizer(tx)
     torch = importlib.import_module("torch")
@@ -325,10 +398,9 @@ def state_dict(
             f"state is not a state of {tx!r} for these params: its tree is "
             f"{jax.tree.structure(state)}, expected {expected}"
         )
-    param_leaves = jax.tree.leaves(params)
-    per_param: list[dict[str, Any]] = [{} for _ in param_leaves]
-    scalars: dict[str, set[Any]] = {}
+    layout = _Layout(tx, params)
     scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    count = int(np.asarray(state.count))
 
     def tensor(x: Any, complex_param: bool) -> Any:
         array = np.asarray(x)
@@ -339,35 +411,32 @@ def state_dict(
             return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
         return torch.from_numpy(np.array(array))
 
-    def per_parameter(key: str, tree: Any) -> Any:
-        for d, p, x in zip(per_param, param_leaves, jax.tree.leaves(tree), strict=True):
-            d[key] = tensor(x, jnp.iscomplexobj(p))
-        return tree
+    entries: list[dict[str, Any]] = []
+    param_groups = []
+    for k, group_state in enumerate(state.groups):
+        members = [layout.leaves[i] for i in layout.members[k]]
+        mine: list[dict[str, Any]] = [{} for _ in members]
+        if tx.torch_name not in STEPLESS:
+            for d in mine:
+                d["step"] = torch.tensor(float(count), dtype=scalar_dtype)
 
-    def scalar(key: str, value: Any) -> Any:
-        scalars.setdefault(key, set()).add(np.asarray(value).item())
-        return value
+        def per_parameter(key: str, tree: Any, mine: Any = mine, members: Any = members) -> Any:
+            for d, p, x in zip(mine, members, jax.tree.leaves(tree), strict=True):
+                d[key] = tensor(x, jnp.iscomplexobj(p))
+            return tree
 
-    _rebuild(state, per_parameter, scalar)
-    if any(len(values) > 1 for values in scalars.values()):
-        raise ValueError(f"the state's step counts differ ({scalars}): not a state tx.update made")
-    count = int(*scalars["step"])
-    for key, [value] in scalars.items():
-        if key != "step" or tx.torch_name != "SGD":
-            for d in per_param:
-                d[key] = torch.tensor(float(value), dtype=scalar_dtype)
-    if count == 0 and tx.torch_name != "Adagrad":  # torch creates its state at the first step
-        per_param = [{} for _ in param_leaves]
-    group = {k: _plain(v) for k, v in tx.param_group.items()}
-    group["lr"] = _plain(value_at(tx.param_group["lr"], jnp.asarray(count, jnp.int32)))
-    group["params"] = list(range(len(param_leaves)))
-    return {"state": {i: d for i, d in enumerate(per_param) if d}, "param_groups": [group]}
+        def scalar(key: str, value: Any, mine: Any = mine) -> Any:
+            for d in mine:
+                d[key] = torch.tensor(np.asarray(value).item(), dtype=scalar_dtype)
+            return value
 
-
-def _plain(value: Any) -> Any:
-    """A hyperparameter as torch keeps it: Python numbers, tuples of them, bools, None."""
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-        return np.asarray(value).item()
-    return value
+        _rebuild(group_state, per_parameter, scalar)
+        if count == 0 and tx.torch_name != "Adagrad":  # torch creates its state at the first step
+            mine = [{} for _ in members]
+        first = len(entries)
+        entries += mine
+        group = {key: _plain(value) for key, value in tx.param_groups[k].items() if key != "params"}
+        group |= {key: _plain(value) for key, value in state.hyperparams[k].items()}
+        group["params"] = list(range(first, len(entries)))
+        param_groups.append(group)
+    return {"state": {i: d for i, d in enumerate(entries) if d}, "param_groups": param_groups}

@@ -9,7 +9,7 @@ weight_decay and t = torch's ``step`` (1 at the first step)::
     s_t = s_{t-1} + g_t²                     sum, s_0 = initial_accumulator_value
     θ_t = θ_{t-1} − γ̃_t · g_t / (√s_t + ε)
 
-γ̃_t is a schedule of the step count t − 1, so lr_decay is folded into the learning rate. The
+γ̃_t comes from the group's lr and torch's step t, so lr_decay is folded into the learning rate. The
 direction differs from :func:`optadam.scale_by_adagrad` (and optax), which put ε inside the root.
 """
 
@@ -21,18 +21,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes
+from optadam import _dtypes
 from optadam._leafwise import full_like, map_leaves
 from optadam.adagrad import ScaleByAdagradState
 from optadam.torch._common import (
     TorchOptimizer,
+    at_least_zero,
+    check_flags,
     check_lr,
     check_switches,
     coupled_decay,
     learning_rate,
     negate,
     torch_optimizer,
-    value_at,
 )
 
 
@@ -68,6 +69,7 @@ def scale_by_adagrad(
 
 
 def Adagrad(  # noqa: N802 (torch.optim's class name)
+    params: Any = None,
     lr: optax.ScalarOrSchedule = 1e-2,
     lr_decay: jax.typing.ArrayLike = 0,
     weight_decay: jax.typing.ArrayLike = 0,
@@ -95,7 +97,7 @@ def Adagrad(  # noqa: N802 (torch.optim's class name)
       maximize: ascend the objective.
       foreach, differentiable, fused: torch implementation switches; accepted, no effect.
     """
-    param_group = {
+    defaults = {
         "lr": lr,
         "lr_decay": lr_decay,
         "eps": eps,
@@ -106,22 +108,29 @@ def Adagrad(  # noqa: N802 (torch.optim's class name)
         "differentiable": differentiable,
         "fused": fused,
     }
-    check_lr(lr)
-    _checks.non_negative("lr_decay", lr_decay)
-    _checks.non_negative("weight_decay", weight_decay)
-    _checks.non_negative("initial_accumulator_value", initial_accumulator_value)
-    _checks.non_negative("eps", eps)
-    _checks.boolean("maximize", maximize)
-    check_switches(foreach=foreach, differentiable=differentiable, fused=fused)
+    return torch_optimizer("Adagrad", params, defaults, _check, _chain, ("lr",))
 
-    def decayed_lr(count: Any) -> Any:  # count = t − 1
-        return value_at(lr, count) / (1 + count * lr_decay)
 
-    return torch_optimizer(
-        "Adagrad",
-        param_group,
-        negate(maximize),
-        coupled_decay(weight_decay),
-        scale_by_adagrad(initial_accumulator_value, eps),
+def _check(group: dict[str, Any]) -> None:
+    """torch 2.13's Adagrad constructor checks: ``not 0.0 <= value`` refused."""
+    check_lr(group["lr"])
+    at_least_zero("lr_decay", group["lr_decay"], "Invalid lr_decay value")
+    at_least_zero("weight_decay", group["weight_decay"], "Invalid weight_decay value")
+    at_least_zero(
+        "initial_accumulator_value",
+        group["initial_accumulator_value"],
+        "Invalid initial_accumulator_value value",
+    )
+    at_least_zero("eps", group["eps"], "Invalid epsilon value")
+    check_flags(group, ("maximize",))
+    check_switches(group, ("foreach", "differentiable", "fused"))
+
+
+def _chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
+    decayed_lr = hyperparams["lr"] / (1 + (t - 1) * group["lr_decay"])  # torch's clr
+    return (
+        negate(group["maximize"]),
+        coupled_decay(group["weight_decay"]),
+        scale_by_adagrad(group["initial_accumulator_value"], group["eps"]),
         learning_rate(decayed_lr),
     )

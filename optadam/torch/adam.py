@@ -21,80 +21,89 @@ bias corrections are computed as torch's double-precision ones are, to float32's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment, zero_count
-from optadam.adam import ScaleByAdamState, ScaleByAmsgradState, init_moments
+from optadam._leafwise import map_leaves
+from optadam.adam import init_moments
 from optadam.torch._common import (
     TorchOptimizer,
-    check_betas,
-    check_lr,
-    check_switches,
-    coupled_decay,
-    decoupled_decay,
-    learning_rate,
-    negate,
+    adam_family_chain,
+    adam_moments,
+    check_adam_family,
+    check_flags,
     one_minus_power,
     torch_optimizer,
 )
 
 
+class AdamMoments(NamedTuple):
+    """State of :func:`scale_by_adam` and of RAdam's direction."""
+
+    mu: optax.Updates  # m_t: torch's exp_avg, in the params' dtype
+    nu: optax.Updates  # v_t: torch's exp_avg_sq, at least float32
+
+
+class AmsgradMoments(NamedTuple):
+    """State of :func:`scale_by_adam` with ``amsgrad``."""
+
+    mu: optax.Updates  # m_t: torch's exp_avg
+    nu: optax.Updates  # v_t: torch's exp_avg_sq
+    nu_max: optax.Updates  # max of v_1 ... v_t: torch's max_exp_avg_sq (raw, not corrected)
+
+
 def scale_by_adam(
-    b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike, eps: jax.typing.ArrayLike, amsgrad: bool
+    b1: jax.Array, b2: jax.Array, eps: jax.typing.ArrayLike, amsgrad: bool, t: jax.Array
 ) -> optax.GradientTransformation:
-    r"""torch's Adam direction ``u_t = m̂_t / (√v_t / √(1 − β2^t) + ε)`` (see the module docstring).
+    r"""torch's Adam direction ``u_t = m̂_t / (√v_t / √(1 − β2^t) + ε)`` at step ``t`` (see the
+    module docstring).
 
     Returns:
-      An ``optax.GradientTransformation`` with state :class:`optadam.ScaleByAdamState`, or with
-      ``amsgrad`` :class:`optadam.ScaleByAmsgradState` (whose ``nu_max`` is the raw max of v_t).
+      An ``optax.GradientTransformation`` with state :class:`AdamMoments`, or with ``amsgrad``
+      :class:`AmsgradMoments`.
     """
 
-    def init_fn(params: optax.Params) -> ScaleByAdamState | ScaleByAmsgradState:
+    def init_fn(params: optax.Params) -> AdamMoments | AmsgradMoments:
         mu, nu = init_moments(params, None, None)
-        count = zero_count(params)
-        if amsgrad:
-            return ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu)
-        return ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return AmsgradMoments(mu, nu, nu) if amsgrad else AdamMoments(mu, nu)
 
     def update_fn(
         updates: optax.Updates,
-        state: ScaleByAdamState | ScaleByAmsgradState,
+        state: AdamMoments | AmsgradMoments,
         params: optax.Params | None = None,
-    ) -> tuple[optax.Updates, ScaleByAdamState | ScaleByAmsgradState]:
+    ) -> tuple[optax.Updates, AdamMoments | AmsgradMoments]:
         del params
-        t = safe_increment(state.count)
         c1, c2 = one_minus_power(b1, t), one_minus_power(b2, t)  # bias corrections, once per step
 
-        def adam_moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            return mu + (1 - b1) * (g - mu), b2 * nu + (1 - b2) * g * g
+        def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+            return adam_moments(g, mu, nu, b1, b2)
 
-        def adam_direction(g: Any, mu: Any, nu: Any) -> Any:
+        def direction(g: Any, mu: Any, nu: Any) -> Any:
             return (mu / c1) / (jnp.sqrt(nu) / jnp.sqrt(c2) + eps)
 
         def amsgrad_moments(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
-            mu, nu = adam_moments(g, mu, nu)
+            mu, nu = adam_moments(g, mu, nu, b1, b2)
             return mu, nu, jnp.maximum(nu_max, nu)
 
         def amsgrad_direction(g: Any, mu: Any, nu: Any, nu_max: Any) -> Any:
-            return adam_direction(g, mu, nu_max)
+            return direction(g, mu, nu_max)
 
-        if isinstance(state, ScaleByAmsgradState):
+        if isinstance(state, AmsgradMoments):
             updates, mu, nu, nu_max = map_leaves(
                 amsgrad_moments, amsgrad_direction, updates, state.mu, state.nu, state.nu_max
             )
-            return updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
-        updates, mu, nu = map_leaves(adam_moments, adam_direction, updates, state.mu, state.nu)
-        return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
+            return updates, AmsgradMoments(mu, nu, nu_max)
+        updates, mu, nu = map_leaves(moments, direction, updates, state.mu, state.nu)
+        return updates, AdamMoments(mu, nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def Adam(  # noqa: N802 (torch.optim's class name)
+    params: Any = None,
     lr: optax.ScalarOrSchedule = 1e-3,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
     eps: jax.typing.ArrayLike = 1e-8,
@@ -134,7 +143,7 @@ def Adam(  # noqa: N802 (torch.optim's class name)
       >>> optax.apply_updates(params, updates)["w"]  # Adam's first step is about γ·sign(g)
       Array([ 0.9, -1.9], dtype=float32)
     """
-    param_group = {
+    defaults = {
         "lr": lr,
         "betas": betas,
         "eps": eps,
@@ -147,10 +156,11 @@ def Adam(  # noqa: N802 (torch.optim's class name)
         "fused": fused,
         "decoupled_weight_decay": decoupled_weight_decay,
     }
-    return _adam("Adam", param_group)
+    return _adam("Adam", params, defaults)
 
 
 def AdamW(  # noqa: N802 (torch.optim's class name)
+    params: Any = None,
     lr: optax.ScalarOrSchedule = 1e-3,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
     eps: jax.typing.ArrayLike = 1e-8,
@@ -168,7 +178,7 @@ def AdamW(  # noqa: N802 (torch.optim's class name)
     ``θ_{t-1} ← θ_{t-1}·(1 − γλ)`` before Adam's step, with the learning rate γ of that step.
     optax.adamw's ``u + λθ`` scaled by −γ is the same update (and its default λ is 1e-4).
     """
-    param_group = {
+    defaults = {
         "lr": lr,
         "betas": betas,
         "eps": eps,
@@ -181,24 +191,17 @@ def AdamW(  # noqa: N802 (torch.optim's class name)
         "fused": fused,
         "decoupled_weight_decay": True,
     }
-    return _adam("AdamW", param_group)
+    return _adam("AdamW", params, defaults)
 
 
-def _adam(torch_name: str, group: dict[str, Any]) -> TorchOptimizer:
-    check_lr(group["lr"])
-    b1, b2 = check_betas(group["betas"])
-    _checks.non_negative("eps", group["eps"])
-    _checks.non_negative("weight_decay", group["weight_decay"])
-    for name in ["amsgrad", "maximize", "decoupled_weight_decay"]:
-        _checks.boolean(name, group[name])
-    check_switches(**{k: group[k] for k in ["foreach", "capturable", "differentiable", "fused"]})
-    wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
-    return torch_optimizer(
-        torch_name,
-        group,
-        negate(group["maximize"]),
-        None if decoupled else coupled_decay(wd),
-        scale_by_adam(b1, b2, group["eps"], group["amsgrad"]),
-        learning_rate(group["lr"]),
-        decoupled_decay(group["lr"], wd) if decoupled else None,
-    )
+def _adam(torch_name: str, params: Any, defaults: dict[str, Any]) -> TorchOptimizer:
+    def check(group: dict[str, Any]) -> None:
+        check_adam_family(group)
+        check_flags(group, ("amsgrad",))
+
+    def chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
+        b1, b2 = hyperparams["betas"]
+        direction = scale_by_adam(b1, b2, group["eps"], group["amsgrad"], t)
+        return adam_family_chain(group, hyperparams["lr"], direction)
+
+    return torch_optimizer(torch_name, params, defaults, check, chain, ("lr", "betas"))

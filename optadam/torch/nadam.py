@@ -28,18 +28,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks
-from optadam._leafwise import map_leaves, replicated_scalar, safe_increment, zero_count
+from optadam._leafwise import map_leaves, replicated_scalar
 from optadam.adam import init_moments
 from optadam.torch._common import (
     TorchOptimizer,
-    check_betas,
-    check_lr,
-    check_switches,
-    coupled_decay,
-    decoupled_decay,
-    learning_rate,
-    negate,
+    adam_family_chain,
+    adam_moments,
+    at_least_zero,
+    check_adam_family,
     one_minus_power,
     torch_optimizer,
 )
@@ -48,19 +44,19 @@ from optadam.torch._common import (
 class ScaleByNadamState(NamedTuple):
     """State of :func:`scale_by_nadam`."""
 
-    count: jax.Array  # type: ignore[assignment]  # t: steps so far, int32, saturating
     mu_product: jax.Array  # Π_t = μ_1···μ_t, a float32 scalar rounded each step, as torch's
     mu: optax.Updates  # m_t: EMA of gradients (torch's exp_avg), in the params' dtype
     nu: optax.Updates  # n_t: EMA of squared gradients (exp_avg_sq), at least float32
 
 
 def scale_by_nadam(
-    b1: jax.typing.ArrayLike,
-    b2: jax.typing.ArrayLike,
+    b1: jax.Array,
+    b2: jax.Array,
     eps: jax.typing.ArrayLike,
     momentum_decay: jax.typing.ArrayLike,
+    t: jax.Array,
 ) -> optax.GradientTransformation:
-    r"""torch's NAdam direction (see the module docstring).
+    r"""torch's NAdam direction at step ``t`` (see the module docstring).
 
     Π_t is stored in float32 and rounded each step, as torch does with its default dtype: under
     ``torch.set_default_dtype(torch.float64)`` torch keeps it in float64 instead, and float64 runs
@@ -72,18 +68,12 @@ def scale_by_nadam(
 
     def init_fn(params: optax.Params) -> ScaleByNadamState:
         mu, nu = init_moments(params, None, None)
-        return ScaleByNadamState(
-            count=zero_count(params),
-            mu_product=replicated_scalar(params, 1, jnp.float32),
-            mu=mu,
-            nu=nu,
-        )
+        return ScaleByNadamState(mu_product=replicated_scalar(params, 1, jnp.float32), mu=mu, nu=nu)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByNadamState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByNadamState]:
         del params
-        t = safe_increment(state.count)
         c2 = one_minus_power(b2, t)
         mu_t = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
@@ -93,19 +83,20 @@ def scale_by_nadam(
         mu_scale = mu_next / (1 - wide_product * mu_next)
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            return mu + (1 - b1) * (g - mu), b2 * nu + (1 - b2) * g * g
+            return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
             d = jnp.sqrt(nu / c2) + eps
             return g_scale * (g / d) + mu_scale * (mu / d)
 
         updates, mu, nu = map_leaves(moments, direction, updates, state.mu, state.nu)
-        return updates, ScaleByNadamState(count=t, mu_product=mu_product, mu=mu, nu=nu)
+        return updates, ScaleByNadamState(mu_product=mu_product, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def NAdam(  # noqa: N802 (torch.optim's class name)
+    params: Any = None,
     lr: optax.ScalarOrSchedule = 2e-3,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
     eps: jax.typing.ArrayLike = 1e-8,
@@ -135,7 +126,7 @@ def NAdam(  # noqa: N802 (torch.optim's class name)
       maximize: ascend the objective.
       foreach, capturable, differentiable: torch implementation switches; accepted, no effect.
     """
-    param_group = {
+    defaults = {
         "lr": lr,
         "betas": betas,
         "eps": eps,
@@ -147,20 +138,14 @@ def NAdam(  # noqa: N802 (torch.optim's class name)
         "capturable": capturable,
         "differentiable": differentiable,
     }
-    check_lr(lr)
-    b1, b2 = check_betas(betas)
-    _checks.non_negative("eps", eps)
-    _checks.non_negative("weight_decay", weight_decay)
-    _checks.non_negative("momentum_decay", momentum_decay)
-    _checks.boolean("decoupled_weight_decay", decoupled_weight_decay)
-    _checks.boolean("maximize", maximize)
-    check_switches(foreach=foreach, capturable=capturable, differentiable=differentiable)
-    return torch_optimizer(
-        "NAdam",
-        param_group,
-        negate(maximize),
-        None if decoupled_weight_decay else coupled_decay(weight_decay),
-        scale_by_nadam(b1, b2, eps, momentum_decay),
-        learning_rate(lr),
-        decoupled_decay(lr, weight_decay) if decoupled_weight_decay else None,
-    )
+
+    def check(group: dict[str, Any]) -> None:
+        check_adam_family(group)
+        at_least_zero("momentum_decay", group["momentum_decay"], "Invalid momentum_decay value")
+
+    def chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
+        b1, b2 = hyperparams["betas"]
+        direction = scale_by_nadam(b1, b2, group["eps"], group["momentum_decay"], t)
+        return adam_family_chain(group, hyperparams["lr"], direction)
+
+    return torch_optimizer("NAdam", params, defaults, check, chain, ("lr", "betas"))

@@ -28,41 +28,36 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment, zero_count
-from optadam.adam import ScaleByAdamState, init_moments
+from optadam._leafwise import map_leaves
+from optadam.adam import init_moments
 from optadam.torch._common import (
     TorchOptimizer,
-    check_betas,
-    check_lr,
-    check_switches,
-    coupled_decay,
-    decoupled_decay,
-    learning_rate,
-    negate,
+    adam_family_chain,
+    adam_moments,
+    check_adam_family,
     one_minus_power,
     torch_optimizer,
 )
+from optadam.torch.adam import AdamMoments
 
 
 def scale_by_radam(
-    b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike, eps: jax.typing.ArrayLike
+    b1: jax.Array, b2: jax.Array, eps: jax.typing.ArrayLike, t: jax.Array
 ) -> optax.GradientTransformation:
-    r"""torch's RAdam direction: m̂_t·l_t·r_t once ρ_t > 5, m̂_t before (see the module docstring).
+    r"""torch's RAdam direction at step ``t``: m̂_t·l_t·r_t once ρ_t > 5, m̂_t before (see the
+    module docstring).
 
     Returns:
-      An ``optax.GradientTransformation`` with state :class:`optadam.ScaleByAdamState`.
+      An ``optax.GradientTransformation`` with state :class:`optadam.torch.adam.AdamMoments`.
     """
 
-    def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, None, None)
-        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
+    def init_fn(params: optax.Params) -> AdamMoments:
+        return AdamMoments(*init_moments(params, None, None))
 
     def update_fn(
-        updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, ScaleByAdamState]:
+        updates: optax.Updates, state: AdamMoments, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, AdamMoments]:
         del params
-        t = safe_increment(state.count)
         c1, c2 = one_minus_power(b1, t), one_minus_power(b2, t)  # bias corrections, once per step
         rho_inf = 2 / (1 - b2) - 1
         rho = rho_inf - 2 * t * (1 - c2) / c2  # β2^t = 1 − c2
@@ -73,7 +68,7 @@ def scale_by_radam(
         r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            return mu + (1 - b1) * (g - mu), b2 * nu + (1 - b2) * g * g
+            return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
             mu_hat = mu / c1
@@ -81,12 +76,13 @@ def scale_by_radam(
             return jnp.where(rectify, mu_hat * adaptive_lr * r, mu_hat)
 
         updates, mu, nu = map_leaves(moments, direction, updates, state.mu, state.nu)
-        return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
+        return updates, AdamMoments(mu, nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
 def RAdam(  # noqa: N802 (torch.optim's class name)
+    params: Any = None,
     lr: optax.ScalarOrSchedule = 1e-3,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
     eps: jax.typing.ArrayLike = 1e-8,
@@ -115,7 +111,7 @@ def RAdam(  # noqa: N802 (torch.optim's class name)
       maximize: ascend the objective.
       foreach, capturable, differentiable: torch implementation switches; accepted, no effect.
     """
-    param_group = {
+    defaults = {
         "lr": lr,
         "betas": betas,
         "eps": eps,
@@ -126,19 +122,10 @@ def RAdam(  # noqa: N802 (torch.optim's class name)
         "decoupled_weight_decay": decoupled_weight_decay,
         "differentiable": differentiable,
     }
-    check_lr(lr)
-    b1, b2 = check_betas(betas)
-    _checks.non_negative("eps", eps)
-    _checks.non_negative("weight_decay", weight_decay)
-    _checks.boolean("decoupled_weight_decay", decoupled_weight_decay)
-    _checks.boolean("maximize", maximize)
-    check_switches(foreach=foreach, capturable=capturable, differentiable=differentiable)
-    return torch_optimizer(
-        "RAdam",
-        param_group,
-        negate(maximize),
-        None if decoupled_weight_decay else coupled_decay(weight_decay),
-        scale_by_radam(b1, b2, eps),
-        learning_rate(lr),
-        decoupled_decay(lr, weight_decay) if decoupled_weight_decay else None,
-    )
+
+    def chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
+        b1, b2 = hyperparams["betas"]
+        direction = scale_by_radam(b1, b2, group["eps"], t)
+        return adam_family_chain(group, hyperparams["lr"], direction)
+
+    return torch_optimizer("RAdam", params, defaults, check_adam_family, chain, ("lr", "betas"))

@@ -9,85 +9,37 @@ torch 2.13's ``_single_tensor_sgd``, per parameter, with γ = lr, λ = weight_de
     d_t = g_t + μ·b_t  if nesterov  else  b_t              if μ ≠ 0   (d_t = g_t otherwise)
     θ_t = θ_{t-1} − γ·d_t
 
-Without dampening, b_t = μ·b_{t-1} + g_t from b_0 = 0 gives b_1 = g_1 too, so this is
-:func:`optadam.scale_by_momentum`. torch's first-step copy matters only with τ ≠ 0, where
-:func:`scale_by_dampened_momentum` keeps a step count to know the first step.
+Without dampening, b_t = μ·b_{t-1} + g_t from b_0 = 0 gives b_1 = g_1 too; with it, the first step
+is a copy (:func:`optadam.torch._common.scale_by_momentum_buffer`, shared with RMSprop). torch
+accepts any momentum >= 0 (1 and above included) and any dampening, and so does this.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optadam import _checks, _dtypes
-from optadam._leafwise import map_leaves, safe_increment, zero_count, zeros_like
-from optadam.momentum import scale_by_momentum
 from optadam.torch._common import (
     TorchOptimizer,
+    check_flags,
     check_lr,
     check_switches,
     coupled_decay,
     is_zero,
     learning_rate,
     negate,
+    not_below_zero,
+    real,
+    scale_by_momentum_buffer,
     torch_optimizer,
 )
 
 
-class ScaleByDampenedMomentumState(NamedTuple):
-    """State of :func:`scale_by_dampened_momentum`."""
-
-    count: jax.Array  # type: ignore[assignment]  # t: steps so far, int32, saturating
-    trace: optax.Params  # b_t: torch's momentum_buffer, in the params' dtype
-
-
-def scale_by_dampened_momentum(
-    momentum: jax.typing.ArrayLike, dampening: jax.typing.ArrayLike
-) -> optax.GradientTransformation:
-    r"""torch's dampened momentum buffer: ``b_1 = g_1``, ``b_t = μ·b_{t-1} + (1 − τ)·g_t``.
-
-    The update is b_t (torch refuses Nesterov with dampening).
-
-    Args:
-      momentum: μ, in [0, 1).
-      dampening: τ, >= 0.
-
-    Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByDampenedMomentumState`.
-    """
-    _checks.in_unit_interval("momentum", momentum)
-    _checks.non_negative("dampening", dampening)
-
-    def init_fn(params: optax.Params) -> ScaleByDampenedMomentumState:
-        return ScaleByDampenedMomentumState(
-            count=zero_count(params), trace=zeros_like(params, _dtypes.first_moment_dtype)
-        )
-
-    def update_fn(
-        updates: optax.Updates,
-        state: ScaleByDampenedMomentumState,
-        params: optax.Params | None = None,
-    ) -> tuple[optax.Updates, ScaleByDampenedMomentumState]:
-        del params
-        t = safe_increment(state.count)
-
-        def moments(g: Any, b: Any) -> tuple[Any, ...]:
-            return (jnp.where(t == 1, g, momentum * b + (1 - dampening) * g),)
-
-        def direction(g: Any, b: Any) -> Any:
-            return b
-
-        updates, trace = map_leaves(moments, direction, updates, state.trace)
-        return updates, ScaleByDampenedMomentumState(count=t, trace=trace)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
 def SGD(  # noqa: N802 (torch.optim's class name)
+    params: Any = None,
     lr: optax.ScalarOrSchedule = 1e-3,
     momentum: jax.typing.ArrayLike = 0,
     dampening: jax.typing.ArrayLike = 0,
@@ -107,8 +59,8 @@ def SGD(  # noqa: N802 (torch.optim's class name)
     Args:
       lr: γ, a number >= 0, an array, or a schedule: a callable of the step count (0 at the first
         step; it plays the role of torch's LR scheduler, see :mod:`optadam.torch`).
-      momentum: μ, in [0, 1); 0 keeps no buffer.
-      dampening: τ, >= 0.
+      momentum: μ, >= 0; 0 keeps no buffer.
+      dampening: τ, any real number (torch does not check it).
       weight_decay: λ (coupled: added to the gradient), >= 0.
       nesterov: Nesterov momentum; as in torch, needs μ > 0 and τ = 0.
       maximize: ascend the objective.
@@ -122,7 +74,7 @@ def SGD(  # noqa: N802 (torch.optim's class name)
       >>> optax.apply_updates(params, updates)
       Array([0.5, 2.5], dtype=float32)
     """
-    param_group = {
+    defaults = {
         "lr": lr,
         "momentum": momentum,
         "dampening": dampening,
@@ -133,24 +85,35 @@ def SGD(  # noqa: N802 (torch.optim's class name)
         "differentiable": differentiable,
         "fused": fused,
     }
-    check_lr(lr)
-    _checks.in_unit_interval("momentum", momentum)
-    _checks.non_negative("dampening", dampening)
-    _checks.non_negative("weight_decay", weight_decay)
-    _checks.boolean("nesterov", nesterov)
-    _checks.boolean("maximize", maximize)
-    check_switches(foreach=foreach, differentiable=differentiable, fused=fused)
-    if nesterov and (np.any(np.asarray(momentum) <= 0) or np.any(np.asarray(dampening) != 0)):
+    return torch_optimizer("SGD", params, defaults, _check, _chain, ("lr", "momentum"))
+
+
+def _check(group: dict[str, Any]) -> None:
+    """torch 2.13's SGD constructor checks (``value < 0`` refused, so NaN passes, as in torch)."""
+    check_lr(group["lr"], sgd=True)
+    not_below_zero("momentum", group["momentum"], "Invalid momentum value")
+    not_below_zero("weight_decay", group["weight_decay"], "Invalid weight_decay value")
+    real("dampening", group["dampening"])
+    check_flags(group, ("nesterov", "maximize"))
+    check_switches(group, ("foreach", "differentiable", "fused"))
+    momentum, dampening = np.asarray(group["momentum"]), np.asarray(group["dampening"])
+    if group["nesterov"] and (np.any(momentum <= 0) or np.any(dampening != 0)):
         raise ValueError(
-            "nesterov=True requires a momentum > 0 and zero dampening (as in torch), got "
-            f"momentum={momentum!r}, dampening={dampening!r}"
+            "nesterov=True requires a momentum > 0 and zero dampening (torch: Nesterov momentum "
+            f"requires a momentum and zero dampening), got momentum={group['momentum']!r}, "
+            f"dampening={group['dampening']!r}"
         )
-    if is_zero(momentum):
-        buffer = None
-    elif is_zero(dampening):
-        buffer = scale_by_momentum(momentum, nesterov)
-    else:
-        buffer = scale_by_dampened_momentum(momentum, dampening)
-    return torch_optimizer(
-        "SGD", param_group, negate(maximize), coupled_decay(weight_decay), buffer, learning_rate(lr)
+
+
+def _chain(group: dict[str, Any], hyperparams: dict[str, Any], t: jax.Array) -> tuple[Any, ...]:
+    buffer = None
+    if not is_zero(group["momentum"]):  # torch keeps no buffer for momentum 0
+        buffer = scale_by_momentum_buffer(
+            hyperparams["momentum"], group["dampening"], group["nesterov"], t
+        )
+    return (
+        negate(group["maximize"]),
+        coupled_decay(group["weight_decay"]),
+        buffer,
+        learning_rate(hyperparams["lr"]),
     )
