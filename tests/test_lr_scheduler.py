@@ -7,6 +7,7 @@ one fused multiply-add where Python rounds twice, so a few values differ in the 
 most in these runs. Settings keep the LRs away from 0, where a relative distance means nothing.)
 """
 
+import inspect
 import math
 import re
 from pathlib import Path
@@ -842,3 +843,30 @@ def test_readme_scheduler_example_runs_and_follows_torch():
     np.testing.assert_allclose(
         namespace["sched"].get_last_lr(namespace["state"]), scheduler.get_last_lr(), rtol=1e-4
     )
+
+
+SCHEDULERS = [
+    "LambdaLR",
+    "MultiplicativeLR",
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "OneCycleLR",
+    "SequentialLR",
+    "ChainedScheduler",
+    "ReduceLROnPlateau",
+]
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_arguments_and_defaults_are_torchs(name):
+    theirs = inspect.signature(getattr(TL, name).__init__).parameters
+    ours = inspect.signature(getattr(lr_scheduler, name)).parameters
+    assert list(ours) == [p for p in theirs if p != "self"]
+    assert {k: p.default for k, p in ours.items()} == {k: theirs[k].default for k in ours}
