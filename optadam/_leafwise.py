@@ -34,7 +34,8 @@ from optadam import _dtypes, _quantize
 from optadam._quantize import QuantizedArray
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
+    """``is_leaf`` for tree functions that must see None leaves (no gradient, no state)."""
     return x is None
 
 
@@ -110,7 +111,7 @@ def _shape(x: Any) -> Any:
 
 def _mismatch(grads: Any, state: Any) -> ValueError:
     """An error naming the first leaf path where the gradients and the state disagree."""
-    g_paths, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_none)
+    g_paths, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_none)
     s_paths, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_state_leaf)
     for (g_path, g), (s_path, s) in zip(g_paths, s_paths, strict=False):
         g_key, s_key = jax.tree_util.keystr(g_path), jax.tree_util.keystr(s_path)
@@ -185,7 +186,7 @@ def map_leaves(
     mixed with each leaf's and moment's position: moments stored in bfloat16 are then rounded
     stochastically, and 8-bit second moments need it.
     """
-    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=_is_none)
+    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
