@@ -42,6 +42,7 @@ Example:
   Array([0.94999, 0.94999, 0.94999], dtype=float32)
 """
 
+from optadam.torch import lr_scheduler as lr_scheduler
 from optadam.torch._common import TorchOptimizer, TorchState
 from optadam.torch._state_dict import load_state_dict, state_dict
 from optadam.torch.adagrad import Adagrad
