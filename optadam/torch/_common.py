@@ -204,12 +204,16 @@ def learning_rate(lr: jax.Array) -> optax.GradientTransformation:
 
 
 def decoupled_decay(lr: jax.Array, weight_decay: Any) -> optax.GradientTransformation | None:
-    """torch's decoupled weight decay θ ← θ·(1 − γλ), as the update u ← u + ((1 − γλ) − 1)·θ.
+    """torch's decoupled weight decay θ ← θ·(1 − γλ), then the step: θ ← θ·(1 − γλ) + u.
 
-    After :func:`learning_rate`, with that step's γ. torch multiplies by the factor 1 − γλ rounded
-    to the parameters' compute dtype (float32 for float32 params): in float32, 1 − 1e-4 rounds to
-    0.99989998, so the decay torch applies is 1.7e-4 larger than γλ -- and AdamW runs drift apart
-    by 2e-5 over 1,000 steps unless the factor is rounded the same way here.
+    After :func:`learning_rate`, with that step's γ. torch rounds as its two in-place ops do
+    (``param.mul_(1 − γλ)``, then the step's ``param.addcdiv_``): the factor 1 − γλ to the params'
+    dtype (in float32, 1 − 1e-4 is 0.99989998, a decay 1.7e-4 larger than γλ), then θ·(1 − γλ)
+    before the step is added. The second matters once a schedule has made γλ small: the decay is
+    then a few ulps of θ, and rounding it is a large part of it, the same way step after step
+    while θ barely moves (1e-5 relative from torch after 1,000 float32 steps if applied unrounded).
+    So the update is the difference between torch's new θ and θ, u' = (θ·(1 − γλ) + u) − θ:
+    exact when the two are within a factor 2 of each other (Sterbenz), so θ + u' is torch's new θ.
     """
     if is_zero(weight_decay):
         return None
@@ -221,14 +225,19 @@ def decoupled_decay(lr: jax.Array, weight_decay: Any) -> optax.GradientTransform
             raise ValueError(
                 "decoupled weight decay needs the params: call tx.update(g, state, params)"
             )
-        # The barrier keeps XLA from simplifying (1 − γλ) − 1 to −γλ, which drops the rounding.
+        # The barrier keeps XLA from simplifying 1 − (1 − γλ) to γλ, which drops a rounding.
         shrink = jax.lax.optimization_barrier(1 - lr * weight_decay)
 
         def unchanged(u: Any, theta: Any) -> tuple[Any, ...]:
             return (theta,)  # the params ride along as read-only "state"
 
         def decayed(u: Any, theta: Any) -> Any:
-            return u + (jnp.asarray(shrink, theta.dtype) - 1) * theta
+            decay = 1 - jnp.asarray(shrink, theta.dtype)  # exact: the factor is in [1/2, 1]
+            # θ·(1 − γλ) rounded, as θ − θ·decay: XLA fuses a product with the sum after it
+            # into one multiply-add, rounded once. Here that rounds θ − θ·decay, the exact
+            # θ·(1 − γλ), once; unfused, θ·decay is rounded first, far below θ's last digit.
+            shrunk = theta - theta * decay
+            return (shrunk + u) - theta
 
         updates, _ = map_leaves(unchanged, decayed, updates, params)
         return updates, state
