@@ -1,0 +1,217 @@
+"""Building, caching and loading optadam's native CPU kernels (C++ through ``jax.ffi``).
+
+The C++ sources sit beside this file, one per optimizer family (``adam.cc``), with the plumbing
+they share in ``leaves.h``. On first use they are compiled with the system C++ compiler (``$CXX``,
+else ``g++``, else ``c++``) against the installed jaxlib's FFI headers, into one shared library
+cached under a key of everything that changes the binary: the sources, the flags, the jaxlib
+version, the compiler's version and the CPU (``-march=native``). The cache lives in
+``$OPTADAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/optadam``, else ``~/.cache/optadam``. Each build
+writes a temporary file and renames it into place, so processes building at once (``pytest -n``,
+``jax.distributed``) each see either no library or a whole one.
+
+No compiler, a failed build, or ``OPTADAM_NATIVE=0`` (or :func:`set_native_enabled`) leaves the
+kernels off and every optimizer on its XLA path; :func:`native_status` says which and why.
+``OPTADAM_NATIVE_CFLAGS`` appends compiler flags (e.g. sanitizers; see BUILD_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jaxlib
+
+SOURCE_DIR = Path(__file__).parent
+SOURCES = ("adam.cc",)
+HEADERS = ("leaves.h",)
+# -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
+# -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
+# their fused multiply-adds themselves, where XLA:CPU has them (MulAdd in leaves.h).
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC")
+FLAGS += ("-std=c++17",)
+TARGETS = ("optadam_adam_f32", "optadam_adam_f64")
+
+
+class NativeStatus(NamedTuple):
+    """Whether optadam's native kernels are in use, and why not if they are not."""
+
+    enabled: bool  # the kernels are loaded and may be used (on CPU, where they apply)
+    reason: str  # why not, or where the library came from
+    library: str | None  # path of the loaded shared library
+
+
+_lock = threading.Lock()
+_loaded: NativeStatus | None = None  # the outcome of this process's one load attempt
+_switched_off: bool | None = None  # set_native_enabled's override of OPTADAM_NATIVE
+
+
+def set_native_enabled(enabled: bool) -> None:
+    """Turn the native kernels on or off for this process (overrides ``OPTADAM_NATIVE``).
+
+    Takes effect for computations traced afterwards; already-jitted functions keep their path.
+    """
+    global _switched_off
+    _switched_off = not enabled
+
+
+def native_status() -> NativeStatus:
+    """Whether the kernels are in use and, if not, why; builds them on first call if needed."""
+    off = _switched_off if _switched_off is not None else os.environ.get("OPTADAM_NATIVE") == "0"
+    if off:
+        how = "set_native_enabled(False)" if _switched_off else "OPTADAM_NATIVE=0"
+        return NativeStatus(False, f"turned off by {how}", None)
+    return _load()
+
+
+def enabled() -> bool:
+    """Cheap check for the leaf-lifting layer: kernels on and loaded."""
+    return native_status().enabled
+
+
+def cache_dir() -> Path:
+    if "OPTADAM_CACHE_DIR" in os.environ:
+        return Path(os.environ["OPTADAM_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "optadam"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++"):
+        if name and shutil.which(shlex.split(name)[0]):
+            return name
+    return None
+
+
+def _flags() -> list[str]:
+    return [*FLAGS, *shlex.split(os.environ.get("OPTADAM_NATIVE_CFLAGS", ""))]
+
+
+def _cpu() -> str:
+    """The CPU the library is built for: -march=native bakes its instruction set in."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    wanted = ("model name", "flags", "Features", "CPU part")  # x86-64, arm64
+    described = sorted({line for line in lines if line.split(":")[0].strip() in wanted})
+    return "\n".join([platform.machine(), platform.processor(), *described])
+
+
+def _key(compiler: str) -> str:
+    version = subprocess.run(
+        [*shlex.split(compiler), "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
+    for part in (*_flags(), jaxlib.__version__, version, _cpu()):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile the sources into ``target``, atomically: a temporary file renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    command = [
+        *shlex.split(compiler),
+        *_flags(),
+        "-isystem",
+        jax.ffi.include_dir(),
+        *(str(SOURCE_DIR / s) for s in SOURCES),
+        "-o",
+        tmp,
+    ]
+    print(f"optadam: building native CPU kernels (once) into {target}", file=sys.stderr)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}): {tail}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def library_path() -> Path | None:
+    """Where this machine's library is (or would be) cached; None without a compiler."""
+    compiler = _compiler()
+    return None if compiler is None else cache_dir() / f"optadam_native_{_key(compiler)}.so"
+
+
+def _load() -> NativeStatus:
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            _loaded = _try_load()
+        return _loaded
+
+
+def _try_load() -> NativeStatus:
+    if platform.system() not in ("Linux", "Darwin"):
+        return NativeStatus(
+            False,
+            f"native kernels are built on Linux and macOS only, not on {platform.system()}",
+            None,
+        )
+    target = library_path()
+    if target is None:
+        return NativeStatus(False, "no C++ compiler found ($CXX, g++ or c++ on PATH)", None)
+    how = "loaded from the cache"
+    try:
+        if not target.exists():
+            _build(_compiler() or "", target)
+            how = "built"
+        library = ctypes.CDLL(str(target))
+        for name in TARGETS:
+            handler = getattr(library, name)
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
+    except (OSError, RuntimeError, AttributeError) as error:
+        return NativeStatus(False, f"native kernels unavailable: {error}", None)
+    return NativeStatus(True, f"{how}: {target}", str(target))
+
+
+def call(
+    name: str,
+    scalars: jax.Array,
+    leaves: list[list[jax.Array]],
+    results: int,
+    aliases: dict[int, int],
+    **options: bool,
+) -> list[list[jax.Array]]:
+    """One kernel call over all ``leaves`` (each a list of same-shape operands of one dtype).
+
+    The kernel sees ``scalars`` then every leaf's operands in turn, and returns ``results`` arrays
+    per leaf, shaped like the leaf; ``aliases`` maps a leaf's operand index to the result it is
+    updated in place into (XLA copies first unless the operand was donated).
+    """
+    dtype = scalars.dtype
+    per_leaf = len(leaves[0]) if leaves else 0
+    shapes = [
+        jax.ShapeDtypeStruct(operands[0].shape, dtype)
+        for operands in leaves
+        for _ in range(results)
+    ]
+    io = {
+        1 + leaf * per_leaf + k: leaf * results + r
+        for leaf in range(len(leaves))
+        for k, r in aliases.items()
+    }
+    # vmap of a traced kernel call (e.g. vmap over a scan whose body ran the kernel): one call per
+    # batch element; direct vmaps take the XLA path before getting here (optadam/_leafwise.py).
+    run = jax.ffi.ffi_call(name, shapes, input_output_aliases=io, vmap_method="sequential")
+    flat = run(scalars, *(x for operands in leaves for x in operands), **options)
+    return [list(flat[leaf * results : (leaf + 1) * results]) for leaf in range(len(leaves))]
