@@ -232,7 +232,7 @@ def abs_sq(x: jax.Array) -> jax.Array:
 
 
 class Kernel(NamedTuple):
-    """An optimizer's native kernel and this step's runtime scalars, handed to :func:`map_leaves`."""
+    """An optimizer's native kernel and this step's runtime scalars, for :func:`map_leaves`."""
 
     name: str  # the family, as in optadam/_native/<name>.cc: "adam"
     scalars: tuple[Any, ...]  # numbers or 0-d arrays, in the order of the kernel's scalar struct
@@ -311,8 +311,8 @@ def _on_one_cpu(x: Any) -> bool:
         spec = getattr(jax.typeof(x).sharding, "spec", ())
         return not any(axis is not None for axis in spec)
     if isinstance(x, jax.Array):
-        devices = x.sharding.device_set
-        return len(devices) == 1 and next(iter(devices)).platform == "cpu"
+        devices = list(x.sharding.device_set)
+        return len(devices) == 1 and getattr(devices[0], "platform", None) == "cpu"
     return True
 
 
@@ -351,4 +351,4 @@ def _kernel_call(
         (consts, _, leaves), (d_consts, _, d_leaves) = primals, tangents
         return jax.jvp(lambda c, x: reference(x, *c), (consts, leaves), (d_consts, d_leaves))
 
-    return run(list(consts), scalars, leaves)  # type: ignore[no-any-return]
+    return run(list(consts), scalars, leaves)

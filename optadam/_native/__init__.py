@@ -38,8 +38,8 @@ HEADERS = ("leaves.h",)
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
 # -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
 # their fused multiply-adds themselves, where XLA:CPU has them (MulAdd in leaves.h).
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC")
-FLAGS += ("-std=c++17",)
+FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off")
+FLAGS += ("-shared", "-fPIC", "-std=c++17")
 TARGETS = ("optadam_adam_f32", "optadam_adam_f64")
 
 
