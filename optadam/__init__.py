@@ -7,6 +7,7 @@ line each, in one module per family.
 """
 
 from optadam._inject import inject_hyperparams
+from optadam._native import NativeStatus, native_status, set_native_enabled
 from optadam._quantize import QuantizedArray
 from optadam.adagrad import ScaleByAdagradState, adagrad, scale_by_adagrad
 from optadam.adam import (
@@ -23,11 +24,13 @@ from optadam.grouping import GroupedState, grouped
 from optadam.momentum import ScaleByMomentumState, momentum, scale_by_momentum, sgd
 from optadam.radam import radam, scale_by_radam
 from optadam.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
+from optadam.step import step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GroupedState",
+    "NativeStatus",
     "QuantizedArray",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -42,6 +45,7 @@ __all__ = [
     "inject_hyperparams",
     "momentum",
     "nadam",
+    "native_status",
     "radam",
     "rmsprop",
     "scale_by_adagrad",
@@ -50,5 +54,7 @@ __all__ = [
     "scale_by_momentum",
     "scale_by_radam",
     "scale_by_rms",
+    "set_native_enabled",
     "sgd",
+    "step",
 ]

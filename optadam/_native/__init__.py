@@ -56,13 +56,14 @@ _loaded: NativeStatus | None = None  # the outcome of this process's one load at
 _switched_off: bool | None = None  # set_native_enabled's override of OPTADAM_NATIVE
 
 
-def set_native_enabled(enabled: bool) -> None:
-    """Turn the native kernels on or off for this process (overrides ``OPTADAM_NATIVE``).
+def set_native_enabled(enabled: bool | None) -> None:
+    """Turn the native kernels on or off for this process (None: as ``OPTADAM_NATIVE`` says).
 
-    Takes effect for computations traced afterwards; already-jitted functions keep their path.
+    Takes effect where an update is traced afterwards: a function ``jax.jit`` has already traced
+    keeps its path (make the transformation anew, or call it on new shapes).
     """
     global _switched_off
-    _switched_off = not enabled
+    _switched_off = None if enabled is None else not enabled
 
 
 def native_status() -> NativeStatus:

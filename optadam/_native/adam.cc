@@ -1,6 +1,6 @@
-// Adam, AdamW and NAdam, each element in one pass: optadam/adam.py's scale_by_adam transcribed,
-// line for line, with the same names and order (`moments`, then `direction`). The Python stays the
-// definition; tests/test_native.py holds this file to it.
+// Adam (and so AdamW) and NAdam, each element in one pass: optadam/adam.py's scale_by_adam
+// transcribed line for line, with the same names and order (`moments`, then `direction`). The
+// Python stays the definition; tests/test_native.py holds this file to it.
 #include <cmath>
 
 #include "leaves.h"
@@ -8,12 +8,11 @@
 namespace optadam {
 namespace {
 
-// This step's runtime scalars, in the order optadam/_leafwise.py packs them (adam_scalars).
+// This step's runtime scalars, in the order scale_by_adam lists them for its Kernel.
 template <typename T>
 struct AdamScalars {
   T b1, one_minus_b1, b2, one_minus_b2, eps, eps_root;
-  T c1, c2, c1_next;       // bias corrections 1 − β1^t, 1 − β2^t, 1 − β1^(t+1)
-  T weight_decay, neg_lr;  // optadam.step only: AdamW's λ and −η
+  T c1, c2, c1_next;  // bias corrections 1 − β1^t, 1 − β2^t, 1 − β1^(t+1)
 };
 constexpr size_t kAdamScalars = sizeof(AdamScalars<float>) / sizeof(float);
 
@@ -33,7 +32,7 @@ inline T AdamElement(const AdamScalars<T>& s, T inv_c1, T inv_c2, T inv_c1_next,
   return mu_hat / (std::sqrt(nu_hat_root) + s.eps);  // u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
 }
 
-// tx.update: the direction u_t to a fresh buffer, the moments in place.
+// The direction u_t to a fresh buffer, the moments in place.
 template <typename T, bool kNesterov>
 void UpdateLeaf(const AdamScalars<T>& s, size_t n, const T* __restrict g, T* __restrict mu,
                 T* __restrict nu, T* __restrict u) {
@@ -43,55 +42,24 @@ void UpdateLeaf(const AdamScalars<T>& s, size_t n, const T* __restrict g, T* __r
   }
 }
 
-// optadam.step: the direction, AdamW's decay and the learning rate applied to the params in the
-// same pass, in the order of optax.chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)
-// followed by optax.apply_updates.
-template <typename T, bool kNesterov, bool kDecay>
-void StepLeaf(const AdamScalars<T>& s, size_t n, const T* __restrict g, T* __restrict mu,
-              T* __restrict nu, T* __restrict p) {
-  const T inv_c1 = T(1) / s.c1, inv_c2 = T(1) / s.c2, inv_c1_next = T(1) / s.c1_next;
-  for (size_t i = 0; i < n; ++i) {
-    T u = AdamElement<T, kNesterov>(s, inv_c1, inv_c2, inv_c1_next, g[i], mu[i], nu[i]);
-    if (kDecay) u = MulAdd(s.weight_decay, p[i], u);  // AdamW: u_t + λ · x_{t-1}
-    p[i] = MulAdd(u, s.neg_lr, p[i]);                 // x_t = x_{t-1} + (−η) · u_t
-  }
-}
-
-// Operands: scalars, then per leaf (g, mu, nu) -- and p with `step`. Results per leaf: (u, mu, nu),
-// or (p, mu, nu) with `step`; mu, nu and p in place.
+// Operands: the scalars, then per leaf (g, mu, nu); results per leaf (u, mu, nu), mu and nu in
+// place.
 template <typename T>
-ffi::Error Adam(bool nesterov, bool step, bool decay, ffi::RemainingArgs args,
-                ffi::RemainingRets rets) {
+ffi::Error Adam(bool nesterov, ffi::RemainingArgs args, ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kAdamScalars);
   if (packed.has_error()) return packed.error();
   AdamScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  const size_t ins = step ? 4 : 3;
-  if ((args.size() - 1) % ins != 0 || (args.size() - 1) / ins * 3 != rets.size()) {
+  if ((args.size() - 1) % 3 != 0 || args.size() - 1 != rets.size()) {
     return ffi::Error::InvalidArgument("optadam adam kernel: operand count");
   }
   for (size_t leaf = 0; leaf < rets.size() / 3; ++leaf) {
-    Leaf<T, 4, 3> b;
-    ffi::Error error = step ? GetLeaf<T, 4, 3>(args, rets, leaf, b) : [&] {
-      Leaf<T, 3, 3> c;
-      ffi::Error e = GetLeaf<T, 3, 3>(args, rets, leaf, c);
-      b.n = c.n;
-      for (int k = 0; k < 3; ++k) b.in[k] = c.in[k], b.out[k] = c.out[k];
-      return e;
-    }();
-    if (error.failure()) return error;
+    Leaf<T, 3, 3> b;
+    if (ffi::Error error = GetLeaf<T, 3, 3>(args, rets, leaf, b); error.failure()) return error;
     Alias(b, 1, 1);  // mu
     Alias(b, 2, 2);  // nu
-    const T* g = b.in[0];
-    T *mu = b.out[1], *nu = b.out[2];
-    if (!step) {
-      (nesterov ? UpdateLeaf<T, true> : UpdateLeaf<T, false>)(s, b.n, g, mu, nu, b.out[0]);
-      continue;
-    }
-    Alias(b, 3, 0);  // p
-    auto run = nesterov ? (decay ? StepLeaf<T, true, true> : StepLeaf<T, true, false>)
-                        : (decay ? StepLeaf<T, false, true> : StepLeaf<T, false, false>);
-    run(s, b.n, g, mu, nu, b.out[0]);
+    (nesterov ? UpdateLeaf<T, true> : UpdateLeaf<T, false>)(s, b.n, b.in[0], b.out[1], b.out[2],
+                                                            b.out[0]);
   }
   return ffi::Error::Success();
 }
@@ -103,8 +71,6 @@ ffi::Error Adam(bool nesterov, bool step, bool decay, ffi::RemainingArgs args,
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::Adam<T>,                 \
                                 xla::ffi::Ffi::Bind()                   \
                                     .Attr<bool>("nesterov")             \
-                                    .Attr<bool>("step")                 \
-                                    .Attr<bool>("decay")                \
                                     .RemainingArgs()                    \
                                     .RemainingRets());
 
