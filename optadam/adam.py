@@ -149,9 +149,7 @@ def scale_by_adam(
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "adam") if seeded else None
         scalars = (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2, c1_next)  # the C++ struct's order
-        # NAdam stays on the XLA path for now: its kernel differs by up to 5 ulp where its two
-        # terms cancel (BUILD_NOTES.md, "Native kernels")
-        native = None if nesterov else Kernel("adam", scalars, (("nesterov", nesterov),))
+        native = Kernel("adam", scalars, (("nesterov", nesterov),))
         updates, mu, nu = map_leaves(
             moments, direction, updates, state.mu, state.nu, rounding_seed=rounding, kernel=native
         )

@@ -17,29 +17,23 @@ struct AdamScalars {
 constexpr size_t kAdamScalars = sizeof(AdamScalars<float>) / sizeof(float);
 
 // One element of scale_by_adam's update; `mu` and `nu` are updated in place, `u_t` returned.
-// `inv_c1 = 1 / c1` etc.: XLA divides by a scalar as a multiplication by its reciprocal.
 template <typename T, bool kNesterov>
-inline T AdamElement(const AdamScalars<T>& s, T inv_c1, T inv_c2, T inv_c1_next, T g, T& mu,
-                     T& nu) {
+inline T AdamElement(const AdamScalars<T>& s, T g, T& mu, T& nu) {
   mu = MulAdd(s.b1, mu, s.one_minus_b1 * g);        // m_t = β1 · m_{t-1} + (1 − β1) · g_t
   nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
   T mu_hat = kNesterov
                  // NAdam: m̂_t = β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t)
-                 ? MulAdd(s.b1, mu * inv_c1_next, s.one_minus_b1 * (g * inv_c1))
-                 : mu * inv_c1;  // m̂_t = m_t / (1 − β1^t)
-  // v̂_t = v_t / (1 − β2^t), and v̂_t + ε_root in the same rounding
-  T nu_hat_root = MulAdd(nu, inv_c2, s.eps_root);
-  return mu_hat / (std::sqrt(nu_hat_root) + s.eps);  // u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
+                 ? MulAdd(s.b1, mu / s.c1_next, s.one_minus_b1 * (g / s.c1))
+                 : mu / s.c1;  // m̂_t = m_t / (1 − β1^t)
+  T nu_hat = nu / s.c2;        // v̂_t = v_t / (1 − β2^t)
+  return mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
 }
 
 // The direction u_t to a fresh buffer, the moments in place.
 template <typename T, bool kNesterov>
 void UpdateLeaf(const AdamScalars<T>& s, size_t n, const T* __restrict g, T* __restrict mu,
                 T* __restrict nu, T* __restrict u) {
-  const T inv_c1 = T(1) / s.c1, inv_c2 = T(1) / s.c2, inv_c1_next = T(1) / s.c1_next;
-  for (size_t i = 0; i < n; ++i) {
-    u[i] = AdamElement<T, kNesterov>(s, inv_c1, inv_c2, inv_c1_next, g[i], mu[i], nu[i]);
-  }
+  for (size_t i = 0; i < n; ++i) u[i] = AdamElement<T, kNesterov>(s, g[i], mu[i], nu[i]);
 }
 
 // Operands: the scalars, then per leaf (g, mu, nu); results per leaf (u, mu, nu), mu and nu in
