@@ -53,6 +53,14 @@ def in_unit_interval(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {_describe(value)}")
 
 
+def adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
+    """Adam's family (Adam, AMSGrad, NAdam, RAdam): β1, β2 in [0, 1), ε and ε_root >= 0."""
+    in_unit_interval("b1", b1)
+    in_unit_interval("b2", b2)
+    non_negative("eps", eps)
+    non_negative("eps_root", eps_root)
+
+
 def non_negative(name: str, value: Any) -> None:
     """Epsilons, initial accumulators, weight decay: finite and >= 0."""
     array = _real_array(name, value)
@@ -114,15 +122,19 @@ def integer_at_least(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
-def lean_state(state_bits: Any, block_size: Any, stochastic_rounding: Any, **dtypes: Any) -> int:
-    """The lean-state options (see ``optadam._quantize``) and that they make sense together;
-    returns the block size (``None``: 256, the default).
+def lean_state(
+    state_bits: Any, block_size: Any, stochastic_rounding: Any, **dtypes: Any
+) -> tuple[Any, ...]:
+    """The state's storage options -- moment dtypes and the lean-state options (see
+    ``optadam._quantize``) -- and that they make sense together; returns the block size
+    (``None``: 256, the default), then each of ``dtypes`` as :func:`float_dtype` returns it.
 
     ``block_size`` defaults to None, not 256, so that ``inject_hyperparams`` (which turns every
     numeric argument into a traced hyperparameter) leaves it alone. ``dtypes`` are the moment dtype
     options (``mu_dtype=...``): with ``state_bits=8`` the moments are 8-bit codes (small leaves in
     float32), so a dtype would be silently ignored.
     """
+    checked = [float_dtype(name, dtype) for name, dtype in dtypes.items()]
     for name, value in (("state_bits", state_bits), ("block_size", block_size)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | np.integer)
@@ -152,4 +164,4 @@ def lean_state(state_bits: Any, block_size: Any, stochastic_rounding: Any, **dty
                 "are none (8-bit second moments are always rounded stochastically, first moments "
                 "to nearest): pass one or the other"
             )
-    return 256 if block_size is None else int(block_size)
+    return (256 if block_size is None else int(block_size), *checked)

@@ -35,7 +35,8 @@ from optadam import _dtypes, _native, _quantize
 from optadam._quantize import QuantizedArray
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
+    """``is_leaf`` for tree functions that must see None leaves (no gradient, no state)."""
     return x is None
 
 
@@ -111,7 +112,7 @@ def _shape(x: Any) -> Any:
 
 def _mismatch(grads: Any, state: Any) -> ValueError:
     """An error naming the first leaf path where the gradients and the state disagree."""
-    g_paths, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_none)
+    g_paths, _ = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_none)
     s_paths, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_state_leaf)
     for (g_path, g), (s_path, s) in zip(g_paths, s_paths, strict=False):
         g_key, s_key = jax.tree_util.keystr(g_path), jax.tree_util.keystr(s_path)
@@ -190,7 +191,7 @@ def map_leaves(
     ``kernel`` names the optimizer's native kernel and this step's scalars: the leaves it applies
     to (see :func:`native_leaves`) go through it instead, with the same results.
     """
-    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=_is_none)
+    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     native = native_leaves(kernel, moments, direction, g_leaves, s_leaves)
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]

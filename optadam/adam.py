@@ -50,11 +50,20 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: optax.Updates  # max over steps of v (bias-corrected if bias_correction_nu)
 
 
-def _check_adam_args(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
-    _checks.in_unit_interval("b1", b1)
-    _checks.in_unit_interval("b2", b2)
-    _checks.non_negative("eps", eps)
-    _checks.non_negative("eps_root", eps_root)
+def adam_moments(g: Any, mu: Any, nu: Any, b1: Any, b2: Any) -> tuple[Any, Any]:
+    """Adam's moving averages, the one place they are written (Adam, AMSGrad, RAdam, NAdam)."""
+    mu = b1 * mu + (1 - b1) * g  # m_t = β1 · m_{t-1} + (1 − β1) · g_t
+    nu = b2 * nu + (1 - b2) * abs_sq(g)  # v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+    return mu, nu
+
+
+def adam_mu_hat(g: Any, mu: Any, b1: Any, c1: Any, c1_next: Any, nesterov: bool) -> Any:
+    """m̂_t = m_t / (1 − β1^t); with ``nesterov``, NAdam's look-ahead
+    β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t).
+
+    ``c1`` and ``c1_next`` are the bias corrections 1 − β1^t and 1 − β1^(t+1).
+    """
+    return b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
 
 
 def init_moments(
@@ -74,6 +83,14 @@ def init_moments(
         params, 0, lambda d: _dtypes.second_moment_dtype(d, nu_dtype), moment=2, **lean
     )
     return mu, nu
+
+
+def init_adam_state(
+    params: optax.Params, mu_dtype: Any, nu_dtype: Any, state_bits: Any, block_size: Any
+) -> ScaleByAdamState:
+    """Step 0 of Adam, NAdam and RAdam: m_0 = v_0 = 0 (see :func:`init_moments`)."""
+    mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
+    return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
 
 
 def scale_by_adam(
@@ -115,17 +132,14 @@ def scale_by_adam(
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAdamState`.
     """
-    _check_adam_args(b1, b2, eps, eps_root)
+    _checks.adam_args(b1, b2, eps, eps_root)
     _checks.boolean("nesterov", nesterov)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
-        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
+        return init_adam_state(params, mu_dtype, nu_dtype, state_bits, block_size)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
@@ -136,12 +150,10 @@ def scale_by_adam(
         c1_next = 1 - b1 ** safe_increment(t)
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            mu = b1 * mu + (1 - b1) * g
-            nu = b2 * nu + (1 - b2) * abs_sq(g)
-            return mu, nu
+            return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
-            mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
+            mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)
             nu_hat = nu / c2
             return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
 
@@ -193,12 +205,10 @@ def scale_by_amsgrad(
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByAmsgradState`.
     """
-    _check_adam_args(b1, b2, eps, eps_root)
+    _checks.adam_args(b1, b2, eps, eps_root)
     _checks.boolean("bias_correction_mu", bias_correction_mu)
     _checks.boolean("bias_correction_nu", bias_correction_nu)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
@@ -215,8 +225,7 @@ def scale_by_amsgrad(
         c2 = 1 - b2**t if bias_correction_nu else 1
 
         def moments(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
-            mu = b1 * mu + (1 - b1) * g
-            nu = b2 * nu + (1 - b2) * abs_sq(g)
+            mu, nu = adam_moments(g, mu, nu, b1, b2)
             nu_max = jnp.maximum(nu_max, nu / c2)
             return mu, nu, nu_max
 

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks
-from optadam._leafwise import _is_none
+from optadam._leafwise import is_none
 
 __all__ = ["GroupedState", "grouped"]
 
@@ -95,7 +95,7 @@ class Layout:
         return jax.tree.unflatten(self.treedef, leaves)
 
     def _leaves(self, tree: Any, what: str) -> list[Any]:
-        leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
+        leaves, treedef = jax.tree.flatten(tree, is_leaf=is_none)
         shapes = [None if x is None else tuple(jnp.shape(x)) for x in leaves]
         if treedef == self.treedef and all(
             s is None or s == expected for s, expected in zip(shapes, self.shapes, strict=True)
@@ -105,8 +105,8 @@ class Layout:
             self.treedef,
             [None if s is None else jax.ShapeDtypeStruct(s, jnp.float32) for s in self.shapes],
         )
-        got, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
-        want, _ = jax.tree_util.tree_flatten_with_path(expected, is_leaf=_is_none)
+        got, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+        want, _ = jax.tree_util.tree_flatten_with_path(expected, is_leaf=is_none)
         for (g_path, g), (w_path, w) in zip(got, want, strict=False):
             g_shape, w_shape = (None if x is None else tuple(jnp.shape(x)) for x in (g, w))
             if g_path != w_path or (g_shape is not None and g_shape != w_shape):
@@ -129,7 +129,7 @@ class Layout:
 
 
 def _plan(params: Any, max_leaf_size: int, group_size: int, min_leaves: int) -> Layout:
-    leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
+    leaves, treedef = jax.tree.flatten(params, is_leaf=is_none)
     shapes = tuple(None if x is None else tuple(jnp.shape(x)) for x in leaves)
     small: dict[Any, list[int]] = {}  # dtype -> indices of its small leaves, in tree order
     for i, (x, shape) in enumerate(zip(leaves, shapes, strict=True)):

@@ -63,8 +63,7 @@ def scale_by_momentum(
     """
     _checks.in_unit_interval("decay", decay)
     _checks.boolean("nesterov", nesterov)
-    accumulator_dtype = _checks.float_dtype("accumulator_dtype", accumulator_dtype)
-    block_size = _checks.lean_state(
+    block_size, accumulator_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, accumulator_dtype=accumulator_dtype
     )
 

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _quantize
-from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
+from optadam._leafwise import map_leaves, safe_increment
 from optadam._learning_rate import scale_by_learning_rate
-from optadam.adam import ScaleByAdamState, init_moments
+from optadam.adam import ScaleByAdamState, adam_moments, adam_mu_hat, init_adam_state
 
 
 def scale_by_radam(
@@ -53,21 +53,15 @@ def scale_by_radam(
     Returns:
       An ``optax.GradientTransformation`` with state :class:`optadam.ScaleByAdamState`.
     """
-    _checks.in_unit_interval("b1", b1)
-    _checks.in_unit_interval("b2", b2)
-    _checks.non_negative("eps", eps)
-    _checks.non_negative("eps_root", eps_root)
+    _checks.adam_args(b1, b2, eps, eps_root)
     _checks.finite("threshold", threshold)
     _checks.boolean("nesterov", nesterov)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
-        mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
-        return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
+        return init_adam_state(params, mu_dtype, nu_dtype, state_bits, block_size)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
@@ -85,12 +79,10 @@ def scale_by_radam(
         r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            mu = b1 * mu + (1 - b1) * g
-            nu = b2 * nu + (1 - b2) * abs_sq(g)
-            return mu, nu
+            return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
-            mu_hat = b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
+            mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)
             nu_hat = nu / c2
             return jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
 

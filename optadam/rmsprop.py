@@ -83,9 +83,7 @@ def scale_by_rms(
         ("centered", centered),
     ]:
         _checks.boolean(name, flag)
-    mu_dtype = _checks.float_dtype("mu_dtype", mu_dtype)
-    nu_dtype = _checks.float_dtype("nu_dtype", nu_dtype)
-    block_size = _checks.lean_state(
+    block_size, mu_dtype, nu_dtype = _checks.lean_state(
         state_bits, block_size, stochastic_rounding, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
     lean: dict[str, Any] = {"state_bits": state_bits, "block_size": block_size}
@@ -103,13 +101,13 @@ def scale_by_rms(
             moment=2,
             **lean,
         )
-        mu = _quantize.moments_like(
-            params, 0, lambda d: _dtypes.first_moment_dtype(d, mu_dtype), moment=1, **lean
-        )
+        mu = None
+        if centered:
+            mu = _quantize.moments_like(
+                params, 0, lambda d: _dtypes.first_moment_dtype(d, mu_dtype), moment=1, **lean
+            )
         return ScaleByRmsState(
-            count=zero_count(params) if bias_correction or seeded else None,
-            mu=mu if centered else None,
-            nu=nu,
+            count=zero_count(params) if bias_correction or seeded else None, mu=mu, nu=nu
         )
 
     def update_fn(

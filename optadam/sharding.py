@@ -36,6 +36,8 @@ import jax
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from optadam._leafwise import is_none
+
 __all__ = ["abstract_state", "per_device_state_bytes", "state_shardings", "zero1"]
 
 
@@ -164,14 +166,10 @@ def zero1(
     ) -> tuple[optax.Updates, Any]:
         new_updates, new_state = inner.update(updates, state, params, **extra)
         like = updates if params is None else params
-        new_updates = jax.tree.map(gather, new_updates, like, is_leaf=_is_none)
-        return new_updates, jax.tree.map(keep, new_state, state, is_leaf=_is_none)
+        new_updates = jax.tree.map(gather, new_updates, like, is_leaf=is_none)
+        return new_updates, jax.tree.map(keep, new_state, state, is_leaf=is_none)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def _zero1_spec(

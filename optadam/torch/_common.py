@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks
-from optadam._leafwise import map_leaves, safe_increment, zero_count
+from optadam._leafwise import is_none, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -49,10 +49,6 @@ def torch_optimizer(
     return optimizer
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
 def _as_real_pairs(tree: Any) -> Any:
     return jax.tree.map(
         lambda x: jnp.stack([x.real, x.imag], axis=-1) if jnp.iscomplexobj(x) else x, tree
@@ -68,8 +64,8 @@ def _as_complex_like(tree: Any, like: Any) -> Any:
 def _refuse_missing_gradients(updates: optax.Updates, params: optax.Params | None) -> None:
     """torch skips a parameter whose ``.grad`` is None: its state and its own step count stay put.
     optadam.torch keeps one step count for all parameters, so it cannot follow, and refuses."""
-    g_paths, _ = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_none)
-    p_leaves = [] if params is None else jax.tree.leaves(params, is_leaf=_is_none)
+    g_paths, _ = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_none)
+    p_leaves = [] if params is None else jax.tree.leaves(params, is_leaf=is_none)
     for i, (path, g) in enumerate(g_paths):
         if g is None and (i >= len(p_leaves) or p_leaves[i] is not None):
             raise ValueError(
