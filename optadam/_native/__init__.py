@@ -27,10 +27,13 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import jaxlib
+from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("adam.cc",)
@@ -198,21 +201,71 @@ def call(
     The kernel sees ``scalars`` then every leaf's operands in turn, and returns ``results`` arrays
     per leaf, shaped like the leaf; ``aliases`` maps a leaf's operand index to the result it is
     updated in place into (XLA copies first unless the operand was donated).
+
+    The kernel is element-wise, so on a sharded computation it runs on each device's shards as
+    they are (``custom_partitioning``: each leaf's operands and results take its first state's
+    sharding, never an all-gather); on one device XLA calls it directly. Under ``jax.vmap`` (of a
+    function that traced it) it runs once per batch element.
     """
-    dtype = scalars.dtype
-    per_leaf = len(leaves[0]) if leaves else 0
-    shapes = [
-        jax.ShapeDtypeStruct(operands[0].shape, dtype)
-        for operands in leaves
-        for _ in range(results)
-    ]
+    per_leaf = len(leaves[0])
+    count = len(leaves)
     io = {
         1 + leaf * per_leaf + k: leaf * results + r
-        for leaf in range(len(leaves))
+        for leaf in range(count)
         for k, r in aliases.items()
     }
-    # vmap of a traced kernel call (e.g. vmap over a scan whose body ran the kernel): one call per
-    # batch element; direct vmaps take the XLA path before getting here (optadam/_leafwise.py).
-    run = jax.ffi.ffi_call(name, shapes, input_output_aliases=io, vmap_method="sequential")
-    flat = run(scalars, *(x for operands in leaves for x in operands), **options)
-    return [list(flat[leaf * results : (leaf + 1) * results]) for leaf in range(len(leaves))]
+
+    def kernel(scalars: jax.Array, *operands: jax.Array) -> tuple[jax.Array, ...]:
+        shapes = [
+            jax.ShapeDtypeStruct(operands[leaf * per_leaf].shape, scalars.dtype)
+            for leaf in range(count)
+            for _ in range(results)
+        ]
+        run = jax.ffi.ffi_call(name, shapes, input_output_aliases=io)
+        return tuple(run(scalars, *operands, **options))
+
+    def shardings(mesh: Any, arg_shapes: Any) -> tuple[list[Any], list[Any]]:
+        like = [
+            arg_shapes[1 + leaf * per_leaf + min(1, per_leaf - 1)].sharding for leaf in range(count)
+        ]
+        args = [NamedSharding(mesh, PartitionSpec())]
+        args += [like[leaf] for leaf in range(count) for _ in range(per_leaf)]
+        outs = [like[leaf] for leaf in range(count) for _ in range(results)]
+        return args, outs
+
+    def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
+        args, outs = shardings(mesh, arg_shapes)
+        return mesh, kernel, tuple(outs), tuple(args)
+
+    def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
+        return tuple(shardings(mesh, arg_shapes)[1])
+
+    factors = [[f"l{leaf}d{d}" for d in range(leaves[leaf][0].ndim)] for leaf in range(count)]
+    rule = SdyShardingRule(
+        operand_mappings=(
+            ("scalars",),
+            *(tuple(factors[leaf]) for leaf in range(count) for _ in range(per_leaf)),
+        ),
+        result_mappings=tuple(
+            tuple(factors[leaf]) for leaf in range(count) for _ in range(results)
+        ),
+        need_replication_factors=("scalars",),
+    )
+    partitioned = custom_partitioning(kernel)
+    partitioned.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
+
+    @jax.custom_batching.custom_vmap
+    def batchable(scalars: jax.Array, *operands: jax.Array) -> tuple[jax.Array, ...]:
+        return tuple(partitioned(scalars, *operands))
+
+    @batchable.def_vmap
+    def one_at_a_time(axis_size: int, in_batched: Any, scalars: Any, *operands: Any) -> Any:
+        args = [
+            x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+            for x, b in zip((scalars, *operands), in_batched, strict=True)
+        ]
+        outs = jax.lax.map(lambda xs: batchable(*xs), tuple(args))
+        return outs, (True,) * len(outs)
+
+    flat = batchable(scalars, *(x for operands in leaves for x in operands))
+    return [list(flat[leaf * results : (leaf + 1) * results]) for leaf in range(count)]

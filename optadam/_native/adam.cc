@@ -1,6 +1,6 @@
 // Adam (and so AdamW) and NAdam, each element in one pass: optadam/adam.py's scale_by_adam
-// transcribed line for line, with the same names and order (`moments`, then `direction`). The
-// Python stays the definition; tests/test_native.py holds this file to it.
+// (adam_moments, adam_mu_hat, then its direction) transcribed line for line, with the same names
+// and order. The Python stays the definition; tests/test_native.py holds this file to it.
 #include <cmath>
 
 #include "leaves.h"

@@ -18,9 +18,9 @@ namespace optadam {
 namespace ffi = xla::ffi;
 
 // a · b + c as XLA:CPU computes it: one fused multiply-add where the CPU has them (LLVM contracts
-// the HLO's multiply and add), else two roundings. Kernels spell out every a · b + c with it (and
-// are built with -ffp-contract=off so the compiler adds no others): float32 results then equal
-// the XLA path's bit for bit.
+// the HLO's multiply and add), else two roundings. Kernels spell out with it each a · b + c that
+// XLA contracts (and are built with -ffp-contract=off so the compiler adds no others), which
+// makes the moments equal the XLA path's bit for bit.
 template <typename T>
 inline T MulAdd(T a, T b, T c) {
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
@@ -41,9 +41,7 @@ struct DtypeOf<double> {
   static constexpr ffi::DataType value = ffi::DataType::F64;
 };
 
-// Leaf `leaf`'s buffers: `ins` inputs (read only) and `outs` results, all of `n` elements of T.
-// Result r is in place over input `first_aliased + r - 1` for r >= 1 (result 0 is the leaf's
-// fresh output); where XLA gave separate buffers the input is copied over first.
+// Leaf `leaf`'s buffers: `kIns` inputs (read only) and `kOuts` results, all of `n` elements of T.
 template <typename T, int kIns, int kOuts>
 struct Leaf {
   size_t n = 0;
@@ -77,7 +75,8 @@ ffi::Error GetLeaf(const ffi::RemainingArgs& args, const ffi::RemainingRets& ret
   return ffi::Error::Success();
 }
 
-// Copies input `in` into result `out` unless they already share a buffer (the in-place case).
+// Makes result `out` hold input `in`, so the kernel can update it in place: nothing to do when
+// XLA aliased them (the usual case), a copy otherwise.
 template <typename T, int kIns, int kOuts>
 void Alias(Leaf<T, kIns, kOuts>& leaf, int in, int out) {
   if (leaf.in[in] != leaf.out[out] && leaf.n > 0) {
