@@ -240,15 +240,15 @@ def call(
     def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
         return tuple(shardings(mesh, arg_shapes)[1])
 
-    factors = [[f"l{leaf}d{d}" for d in range(leaves[leaf][0].ndim)] for leaf in range(count)]
+    # one factor per dimension of each leaf, shared by its operands and results; the scalars
+    # are replicated
+    factors = [tuple(f"l{leaf}d{d}" for d in range(ops[0].ndim)) for leaf, ops in enumerate(leaves)]
+    operand_mappings: list[Any] = [("scalars",)]
+    operand_mappings += [factors[leaf] for leaf in range(count) for _ in range(per_leaf)]
+    result_mappings: list[Any] = [factors[leaf] for leaf in range(count) for _ in range(results)]
     rule = SdyShardingRule(
-        operand_mappings=(
-            ("scalars",),
-            *(tuple(factors[leaf]) for leaf in range(count) for _ in range(per_leaf)),
-        ),
-        result_mappings=tuple(
-            tuple(factors[leaf]) for leaf in range(count) for _ in range(results)
-        ),
+        operand_mappings=tuple(operand_mappings),
+        result_mappings=tuple(result_mappings),
         need_replication_factors=("scalars",),
     )
     partitioned = custom_partitioning(kernel)
