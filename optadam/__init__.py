@@ -4,8 +4,13 @@ Every optimizer is an ``optax.GradientTransformation``: ``optadam.adam(1e-3)`` c
 ``optax.adam(1e-3)`` anywhere (``optax.chain``, ``inject_hyperparams``, Flax, Equinox, ``jit``)
 and gives the same numbers. The building blocks (``scale_by_*``) are the optimizers' equations, one
 line each, in one module per family.
+
+The submodules users reach through the package are imported with it: ``optadam.sharding``
+(ZeRO-1, abstract state) and ``optadam.torch`` (torch.optim's optimizers; it does not import torch).
 """
 
+from optadam import sharding as sharding
+from optadam import torch as torch
 from optadam._inject import inject_hyperparams
 from optadam._native import NativeStatus, native_status, set_native_enabled
 from optadam._quantize import QuantizedArray

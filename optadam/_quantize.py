@@ -9,7 +9,7 @@ There are two formats, one per kind of moment::
     second moments (v >= 0):        s_b = max_b √v      v ≈ (unsigned_map[code] · s_b)²  stochastic
 
 The first-moment format is the paper's. The second-moment format departs from it twice, each for a
-failure measured on the digits MLP of ``tests/test_lean_state.py`` (BUILD_NOTES.md has the
+failure measured on the digits MLP of ``optadam/bench_lean.py`` (BUILD_NOTES.md has the
 numbers):
 
 * **It stores √v, not v.** A block's v spans the *square* of the range of its gradients, so the

@@ -57,6 +57,11 @@ def adam_moments(g: Any, mu: Any, nu: Any, b1: Any, b2: Any) -> tuple[Any, Any]:
     return mu, nu
 
 
+def adam_bias_corrections(b1: Any, b2: Any, t: jax.Array) -> tuple[Any, Any, Any]:
+    """1 − β1^t, 1 − β2^t and 1 − β1^(t+1) (NAdam's look-ahead), once per step."""
+    return 1 - b1**t, 1 - b2**t, 1 - b1 ** safe_increment(t)
+
+
 def adam_mu_hat(g: Any, mu: Any, b1: Any, c1: Any, c1_next: Any, nesterov: bool) -> Any:
     """m̂_t = m_t / (1 − β1^t); with ``nesterov``, NAdam's look-ahead
     β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t).
@@ -146,8 +151,7 @@ def scale_by_adam(
     ) -> tuple[optax.Updates, ScaleByAdamState]:
         del params
         t = safe_increment(state.count)
-        c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections, once per step
-        c1_next = 1 - b1 ** safe_increment(t)
+        c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             return adam_moments(g, mu, nu, b1, b2)

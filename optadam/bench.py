@@ -3,8 +3,10 @@
 Every contender runs the same donated, jitted training step -- ``tx.update`` plus
 ``optax.apply_updates`` -- on the same parameter tree and a fixed gradient tree. Contenders are
 timed in interleaved rounds (one block of steps each, round after round) so that machine drift hits
-all of them alike; the median over rounds is reported. A plain streaming kernel (``a + s·b``,
-12 bytes per element) is timed in the same rounds and serves as the memory-bandwidth roofline.
+all of them alike. A plain streaming kernel (``a + s·b``, 12 bytes per element) is timed in the
+same rounds and serves as the memory-bandwidth roofline. Every row, the roofline's included, is
+the median over rounds, with the fastest and slowest round beside it (one statistic for all, so
+the roofline fraction compares like with like).
 
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
 Contenders: optadam, optadam with small leaves grouped (``optadam.grouped``; only where it finds
@@ -14,7 +16,8 @@ rounded to nearest and stochastically; torch.optim (foreach, and fused where tor
 torch is installed. The full run peaks at ~22 GB of memory (the GPT-2 case); ``--cases`` picks
 fewer.
 
-Per contender it reports: compile time, median step time, effective GB/s (the bytes an ideal
+Per contender it reports: compile time ("n/a" for torch, which does not compile), median step
+time and its min-max over rounds, effective GB/s (the bytes an ideal
 one-pass update must move: Adam reads p, g, m, v and writes p, m, v -- 28 B/param in float32,
 16 with 8-bit moments, 20 with bfloat16 ones),
 that as a fraction of the roofline, and optimizer-state bytes per parameter. ``--quick`` shrinks
@@ -148,8 +151,10 @@ class Result:
     optimizer: str
     contender: str
     params: int
-    compile_s: float
-    step_ms: float = float("nan")
+    compile_s: float | None  # None: nothing compiled (torch's eager step)
+    step_ms: float = float("nan")  # median over rounds
+    step_min_ms: float = float("nan")
+    step_max_ms: float = float("nan")
     gb_per_s: float = float("nan")
     roofline_fraction: float = float("nan")
     state_bytes_per_param: float = float("nan")
@@ -199,7 +204,7 @@ class TorchContender:
             p.grad = torch.randn(p.shape, generator=generator) * 1e-2
         kwargs = {"momentum": 0.9} if name == "SGD" else {}
         self.optimizer = getattr(torch.optim, name)(self.params, lr=1e-3, **kwargs, **options)
-        self.compile_s = 0.0
+        self.compile_s = None
         self.run(1)  # creates the state
         self.state_bytes = sum(
             t.numel() * t.element_size()
@@ -225,18 +230,20 @@ def torch_options(name: str) -> dict[str, dict[str, bool]]:
     return options
 
 
-def roofline_kernel(n: int) -> Callable[[int], None]:
+class RooflineKernel:
     """``a ← a + s·b`` over n float32 elements: 12 bytes per element, the streaming limit."""
-    a, b = jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.float32)
-    kernel = jax.jit(lambda a, b: a + 1e-3 * b, donate_argnums=0).lower(a, b).compile()
-    state = {"a": a}
 
-    def run(steps: int) -> None:
+    def __init__(self, n: int) -> None:
+        self.a, self.b = jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.float32)
+        start = time.perf_counter()
+        jitted = jax.jit(lambda a, b: a + 1e-3 * b, donate_argnums=0)
+        self.kernel = jitted.lower(self.a, self.b).compile()
+        self.compile_s = time.perf_counter() - start
+
+    def run(self, steps: int) -> None:
         for _ in range(steps):
-            state["a"] = kernel(state["a"], b)
-        jax.block_until_ready(state["a"])
-
-    return run
+            self.a = self.kernel(self.a, self.b)
+        jax.block_until_ready(self.a)
 
 
 def _time(run: Callable[[int], None], steps: int) -> float:
@@ -252,7 +259,7 @@ def bench_case(
     params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
     grads = {k: jnp.asarray(rng.standard_normal(s) * 1e-2, jnp.float32) for k, s in shapes.items()}
     n = sum(int(np.prod(s)) for s in shapes.values())
-    roofline = roofline_kernel(n)
+    roofline = RooflineKernel(n)
     roofline_ms: list[float] = []
     results: list[Result] = []
     for name in optimizers:
@@ -269,7 +276,7 @@ def bench_case(
             contender.run(2)  # warm-up
         order = list(contenders.items())
         for i in range(rounds):  # interleaved, so drift hits every contender alike
-            roofline_ms.append(_time(roofline, steps))
+            roofline_ms.append(_time(roofline.run, steps))
             # rotated each round: the slot after the roofline kernel measured ~10 % slow
             for label, contender in order[i % len(order) :] + order[: i % len(order)]:
                 samples[label].append(_time(contender.run, steps))
@@ -277,6 +284,7 @@ def bench_case(
             step_ms = statistics.median(samples[label])
             results.append(Result(
                 case, name, label, n, contender.compile_s, step_ms,
+                min(samples[label]), max(samples[label]),
                 gb_per_s=BYTES_MOVED.get((name, label), ARRAYS_MOVED[name] * 4) * n / step_ms / 1e6,
                 state_bytes_per_param=contender.state_bytes / n,
                 step_samples_ms=samples[label],
@@ -286,10 +294,14 @@ def bench_case(
         del contenders
         gc.collect()
         jax.clear_caches()
-    roofline_gb_s = 12 * n / min(roofline_ms) / 1e6
+    roofline_step_ms = statistics.median(roofline_ms)
+    roofline_gb_s = 12 * n / roofline_step_ms / 1e6
     for r in results:
         r.roofline_fraction = r.gb_per_s / roofline_gb_s
-    results.append(Result(case, "roofline", "a+s*b", n, 0.0, min(roofline_ms), roofline_gb_s, 1.0))
+    results.append(Result(
+        case, "roofline", "a+s*b", n, roofline.compile_s, roofline_step_ms,
+        min(roofline_ms), max(roofline_ms), roofline_gb_s, 1.0, step_samples_ms=roofline_ms,
+    ))  # fmt: skip
     return results
 
 
@@ -350,12 +362,13 @@ def run_state_sharding(out: Path) -> int:
 
 
 def table(results: list[Result]) -> str:
-    header = ["case", "optimizer", "contender", "params", "compile s", "step ms", "GB/s",
-              "roofline", "state B/param"]  # fmt: skip
+    header = ["case", "optimizer", "contender", "params", "compile s", "step ms", "min-max ms",
+              "GB/s", "roofline", "state B/param"]  # fmt: skip
     rows = [header] + [
-        [r.case, r.optimizer, r.contender, f"{r.params:,}", f"{r.compile_s:.2f}",
-         f"{r.step_ms:.2f}", f"{r.gb_per_s:.1f}", f"{r.roofline_fraction:.0%}",
-         f"{r.state_bytes_per_param:.2f}"]
+        [r.case, r.optimizer, r.contender, f"{r.params:,}",
+         "n/a" if r.compile_s is None else f"{r.compile_s:.2f}", f"{r.step_ms:.2f}",
+         f"{r.step_min_ms:.2f}-{r.step_max_ms:.2f}", f"{r.gb_per_s:.1f}",
+         f"{r.roofline_fraction:.0%}", f"{r.state_bytes_per_param:.2f}"]
         for r in results
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

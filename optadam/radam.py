@@ -23,7 +23,13 @@ import optax
 from optadam import _checks, _quantize
 from optadam._leafwise import map_leaves, safe_increment
 from optadam._learning_rate import scale_by_learning_rate
-from optadam.adam import ScaleByAdamState, adam_moments, adam_mu_hat, init_adam_state
+from optadam.adam import (
+    ScaleByAdamState,
+    adam_bias_corrections,
+    adam_moments,
+    adam_mu_hat,
+    init_adam_state,
+)
 
 
 def scale_by_radam(
@@ -68,8 +74,7 @@ def scale_by_radam(
     ) -> tuple[optax.Updates, ScaleByAdamState]:
         del params
         t = safe_increment(state.count)
-        c1, c2 = 1 - b1**t, 1 - b2**t  # bias corrections, once per step
-        c1_next = 1 - b1 ** safe_increment(t)
+        c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
         rho_inf = 2 / (1 - b2) - 1
         rho = rho_inf - 2 * t * b2**t / c2
         rectify = rho >= threshold

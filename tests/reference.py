@@ -1,7 +1,10 @@
 """Independent NumPy (float64 / complex128) transcriptions of the optimizers' paper equations.
 
 These are the reference trajectories that the tests compare optadam against. They deliberately
-import nothing but NumPy and the standard library, and follow the conventions of optax 0.2.8:
+import nothing but NumPy and the standard library. The first part follows the conventions of
+optax 0.2.8. The last part transcribes papers as printed, in their own symbols, where they differ
+from those conventions (AdaGrad's δ, AMSGrad's bias correction and ε, RAdam's threshold and ε,
+AdamW's decay) or write the same algorithm another way (RMSProp's lecture and Graves's equations):
 
 * ``t = 1, 2, ...`` is the step number; the learning rate ``η`` (and the weight decay ``λ``) may
   be a float or a schedule ``f(count)``, evaluated at ``count = t - 1`` (updates applied before).
@@ -299,5 +302,150 @@ def radam(
                 d = m_hat
             p = p - eta * d
             yield p
+
+    return _run(params, grads, leaf)
+
+
+# --- the papers' own forms --------------------------------------------------------------------
+#
+# The functions above follow optax's conventions. Where a paper writes its algorithm differently,
+# it is transcribed below as printed, in the paper's symbols: a test then finds the optadam call
+# that reproduces it (README, "The optimizers"). Real gradients only, as in the papers.
+
+
+def duchi_adagrad(params, grads, *, learning_rate, delta=0.0):
+    """AdaGrad as Duchi, Hazan & Singer (2011, JMLR) print it: Figure 1, diagonal matrices.
+
+    g_{1:t,i} = [g_{1,i} ... g_{t,i}] (the history: nothing before step 1);  s_{t,i} = ‖g_{1:t,i}‖₂
+    H_t = δ I + diag(s_t) (δ ≥ 0);  x_{t+1} = x_t − η H_t^{-1} g_t  (composite mirror descent with
+    φ = 0), H_t^{-1} being the pseudo-inverse, 0 where H_{t,ii} = 0.
+    """
+
+    def leaf(x, gs):
+        history = []
+        for t, g in enumerate(gs, start=1):
+            eta = _at(learning_rate, t - 1)
+            history.append(g)
+            s = np.linalg.norm(np.stack(history), axis=0)
+            h = delta + s
+            with np.errstate(divide="ignore"):
+                h_inverse = np.where(h > 0, 1 / h, 0.0)
+            x = x - eta * h_inverse * g
+            yield x
+
+    return _run(params, grads, leaf)
+
+
+def tieleman_hinton_rmsprop(params, grads, *, learning_rate, decay=0.9):
+    """RMSProp as Tieleman & Hinton (2012, Coursera lecture 6.5) state it.
+
+    MeanSquare(w, t) = 0.9 MeanSquare(w, t−1) + 0.1 (∂E/∂w(t))²;  divide the gradient by
+    sqrt(MeanSquare(w, t)):  w ← w − η ∂E/∂w / sqrt(MeanSquare(w, t)). No ε, no momentum; the
+    lecture does not say where MeanSquare starts, 0 here.
+    """
+
+    def leaf(w, gs):
+        mean_square = np.zeros_like(w)
+        for t, g in enumerate(gs, start=1):
+            mean_square = decay * mean_square + (1 - decay) * g**2
+            w = w - _at(learning_rate, t - 1) * g / np.sqrt(mean_square)
+            yield w
+
+    return _run(params, grads, leaf)
+
+
+def graves_rmsprop(params, grads, *, aleph=0.95, beth=0.9, gimel=1e-4, daleth=1e-4):
+    """Centered RMSProp with momentum as Graves (2013, "Generating Sequences With Recurrent Neural
+    Networks") prints it, eqs. (38)-(41), ε_i = ∂L/∂w_i; defaults are his ℵ, ℶ, ג, ℷ:
+
+    n_i = ℵ n_i + (1 − ℵ) ε_i²;  g_i = ℵ g_i + (1 − ℵ) ε_i
+    Δ_i = ℶ Δ_i − ג ε_i / sqrt(n_i − g_i² + ℷ);  w_i = w_i + Δ_i
+    (the learning rate ג acts inside the momentum trace Δ; n, g, Δ start at 0, unstated there).
+    """
+
+    def leaf(w, epsilons):
+        n, g, delta = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
+        for e in epsilons:
+            n = aleph * n + (1 - aleph) * e**2
+            g = aleph * g + (1 - aleph) * e
+            delta = beth * delta - gimel * e / np.sqrt(n - g**2 + daleth)
+            w = w + delta
+            yield w
+
+    return _run(params, grads, leaf)
+
+
+def reddi_amsgrad(params, grads, *, alpha, beta1=0.9, beta2=0.999, lam=1.0):
+    """AMSGrad as Reddi, Kale & Kumar (2018) print it, Algorithm 2, with their step sizes
+    α_t = α/√t and β_1t = β1 λ^{t−1} (Corollary 1; λ = 1 is a constant β1), F = ℝ^d (no projection):
+
+    m_t = β_1t m_{t−1} + (1 − β_1t) g_t;  v_t = β2 v_{t−1} + (1 − β2) g_t²
+    v̂_t = max(v̂_{t−1}, v_t);  x_{t+1} = x_t − α_t m_t / sqrt(v̂_t)   (m_0 = v_0 = v̂_0 = 0)
+    No bias correction and no ε.
+    """
+
+    def leaf(x, gs):
+        m, v, v_hat = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
+        for t, g in enumerate(gs, start=1):
+            alpha_t, beta1_t = alpha / np.sqrt(t), beta1 * lam ** (t - 1)
+            m = beta1_t * m + (1 - beta1_t) * g
+            v = beta2 * v + (1 - beta2) * g**2
+            v_hat = np.maximum(v_hat, v)
+            x = x - alpha_t * m / np.sqrt(v_hat)
+            yield x
+
+    return _run(params, grads, leaf)
+
+
+def liu_radam(params, grads, *, alpha, beta1=0.9, beta2=0.999):
+    """RAdam as Liu et al. (2020, ICLR) print it, Algorithm 2 (no ε):
+
+    ρ_∞ = 2/(1 − β2) − 1;  v_t = β2 v_{t−1} + (1 − β2) g_t²;  m_t = β1 m_{t−1} + (1 − β1) g_t
+    m̂_t = m_t / (1 − β1^t);  ρ_t = ρ_∞ − 2 t β2^t / (1 − β2^t)
+    if ρ_t > 4:  l_t = sqrt((1 − β2^t) / v_t)
+                 r_t = sqrt((ρ_t − 4)(ρ_t − 2) ρ_∞ / ((ρ_∞ − 4)(ρ_∞ − 2) ρ_t))
+                 θ_t = θ_{t−1} − α_t r_t m̂_t l_t
+    else:        θ_t = θ_{t−1} − α_t m̂_t
+    """
+    rho_inf = 2 / (1 - beta2) - 1
+
+    def leaf(theta, gs):
+        m, v = np.zeros_like(theta), np.zeros_like(theta)
+        for t, g in enumerate(gs, start=1):
+            alpha_t = _at(alpha, t - 1)
+            v = beta2 * v + (1 - beta2) * g**2
+            m = beta1 * m + (1 - beta1) * g
+            m_hat = m / (1 - beta1**t)
+            rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+            if rho_t > 4:
+                l_t = np.sqrt((1 - beta2**t) / v)
+                r_t = np.sqrt(
+                    (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+                )
+                theta = theta - alpha_t * r_t * m_hat * l_t
+            else:
+                theta = theta - alpha_t * m_hat
+            yield theta
+
+    return _run(params, grads, leaf)
+
+
+def loshchilov_hutter_adamw(params, grads, *, alpha, eta, weight_decay, b1=0.9, b2=0.999, eps=1e-8):
+    """AdamW as Loshchilov & Hutter (2019, ICLR) print it, Algorithm 2 (green lines):
+
+    m_t, v_t, m̂_t, v̂_t as in Adam;  η_t = SetScheduleMultiplier(t) (``eta(t - 1)`` here)
+    θ_t = θ_{t−1} − η_t (α m̂_t / (sqrt(v̂_t) + ε) + λ θ_{t−1})
+    The decay λ is scaled by the schedule η_t but not by the step size α.
+    """
+
+    def leaf(theta, gs):
+        m, v = np.zeros_like(theta), np.zeros_like(theta)
+        for t, g in enumerate(gs, start=1):
+            eta_t = _at(eta, t - 1)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g**2
+            m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+            theta = theta - eta_t * (alpha * m_hat / (np.sqrt(v_hat) + eps) + weight_decay * theta)
+            yield theta
 
     return _run(params, grads, leaf)

@@ -4,7 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import assert_trajectories_close, problem, reference_run, run, state_shapes
+import reference
+from harness import (
+    assert_trajectories_close,
+    problem,
+    reference_run,
+    run,
+    stack_reference,
+    state_shapes,
+)
 
 import optadam
 
@@ -51,3 +59,18 @@ def test_bf16_params_accumulate_in_float32():
     assert state.sum_of_squares.dtype == jnp.float32
     g = float(jnp.asarray(0.1, jnp.bfloat16))
     np.testing.assert_allclose(float(state.sum_of_squares[0]), 1000 * g * g, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_duchi_et_al_figure_1_with_delta_0_is_adagrad_with_zero_accumulator_and_eps(
+    x64, dtype, rtol
+):
+    """Duchi et al.'s H_t = δI + diag(‖g_{1:t,i}‖₂) with δ = 0 (their pseudo-inverse where a
+    coordinate has seen only zeros) is ``adagrad(η, initial_accumulator_value=0, eps=0)``.
+    Their δ > 0 adds outside the root; no argument does that (``eps`` is inside)."""
+    params, grads = problem(dtype, seed=23)
+    for step in grads[:3]:
+        step[1][:2] = 0  # two coordinates see zero gradients first: H_t^{-1} is 0 there
+    expected = stack_reference(reference.duchi_adagrad(params, grads, learning_rate=0.1))
+    tx = optadam.adagrad(0.1, initial_accumulator_value=0.0, eps=0.0)
+    assert_trajectories_close(run(tx, params, grads), expected, rtol)

@@ -91,6 +91,51 @@ def test_adamw_mask_excludes_leaves_from_decay(x64):
     assert np.max(np.abs(decayed[0] - plain[0])) > 1e-3
 
 
+@pytest.mark.parametrize("lam", [1.0, 0.98])
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_reddi_et_al_algorithm_2_is_amsgrad_without_bias_correction_or_eps(x64, lam, dtype, rtol):
+    """Reddi et al.'s AMSGrad takes the max of v itself (no bias correction, no ε), with
+    α_t = α/√t and β_1t = β1·λ^(t−1): ``amsgrad(schedule, eps=0, bias_correction_mu=False,
+    bias_correction_nu=False)``, and a β1 schedule through ``inject_hyperparams``."""
+    params, grads = problem(dtype, seed=7)
+    expected = reference.reddi_amsgrad(params, grads, alpha=0.05, beta1=0.9, lam=lam)
+
+    def step_size(count):
+        return 0.05 / jnp.sqrt(jnp.asarray(count, dtype) + 1)
+
+    paper = {"eps": 0.0, "bias_correction_mu": False, "bias_correction_nu": False}
+    if lam == 1.0:
+        tx = optadam.amsgrad(step_size, **paper)
+    else:
+
+        def beta1(count):
+            return 0.9 * lam ** jnp.asarray(count, dtype)
+
+        tx = optadam.inject_hyperparams(optadam.amsgrad)(learning_rate=step_size, b1=beta1, **paper)
+    assert_trajectories_close(run(tx, params, grads), stack_reference(expected), rtol)
+
+
+def test_loshchilov_hutter_algorithm_2_is_adamw_with_decay_over_the_step_size(x64):
+    """The paper's θ_t = θ_{t−1} − η_t(α·m̂/(√v̂ + ε) + λθ_{t−1}) scales the decay by the schedule
+    multiplier η_t only; optadam (as optax) scales it by the learning rate. So the paper's α, η_t, λ
+    are ``adamw(lambda count: α·η(count), weight_decay=λ/α)``."""
+    params, grads = problem(np.float64, seed=8)
+    alpha, lam = 1e-3, 0.05
+
+    def eta(count):  # the schedule multiplier η_t: a cosine from 1 to 0
+        return 0.5 + 0.5 * np.cos(np.pi * count / STEPS)
+
+    def learning_rate(count):
+        return alpha * (0.5 + 0.5 * jnp.cos(jnp.pi * jnp.asarray(count, jnp.float64) / STEPS))
+
+    expected = reference.loshchilov_hutter_adamw(
+        params, grads, alpha=alpha, eta=eta, weight_decay=lam
+    )
+
+    tx = optadam.adamw(learning_rate, weight_decay=lam / alpha)
+    assert_trajectories_close(run(tx, params, grads), stack_reference(expected), 1e-12)
+
+
 def test_tutorial_form_is_reproduced_exactly(x64):
     """adam(lr, eps=0, eps_root=ε) is the tutorial's x_t = x_{t-1} − η · m̂_t / sqrt(ĝ_t + ε)."""
     params, grads = problem(np.float64, seed=5, steps=200)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,35 @@ def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
     assert lean["optadam_bf16_sr"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
     assert report["meta"]["quick"] is True
     assert "optadam" in capsys.readouterr().out
+
+
+def test_every_row_is_the_median_of_its_rounds_with_the_spread_and_torch_compiles_nothing(
+    tmp_path, capsys
+):
+    """One statistic for all rows, the roofline's included, so the roofline fraction compares
+    medians with medians; torch's eager step has no compile time ("n/a", null in the JSON)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--rounds", "3", "--cases", "big_leaf", "--optimizers", "sgd_momentum"]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    roofline = next(r for r in rows if r["contender"] == "a+s*b")
+    for r in rows:
+        samples = r["step_samples_ms"]
+        assert len(samples) == 3, r["contender"]
+        assert r["step_ms"] == statistics.median(samples)
+        assert (r["step_min_ms"], r["step_max_ms"]) == (min(samples), max(samples))
+        assert r["roofline_fraction"] == pytest.approx(r["gb_per_s"] / roofline["gb_per_s"])
+    assert roofline["gb_per_s"] == pytest.approx(
+        12 * roofline["params"] / roofline["step_ms"] / 1e6
+    )
+    torch_rows = [r for r in rows if r["contender"].startswith("torch_")]
+    assert torch_rows and all(r["compile_s"] is None for r in torch_rows)
+    assert all(r["compile_s"] > 0 for r in rows if not r["contender"].startswith("torch_"))
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    for line in printed:
+        if line and line[2].startswith("torch_"):
+            assert line[4] == "n/a", line
 
 
 def test_shapes_are_the_architectures():

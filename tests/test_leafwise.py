@@ -54,14 +54,34 @@ def test_mismatch_is_reported_under_jit_too():
         jax.jit(tx.update)({**PARAMS, "layer": {"w": jnp.ones((3, 4)), "b": jnp.ones(5)}}, state)
 
 
+def _state_of(state, key):
+    """The state leaves that belong to the parameter ``PARAMS["layer"][key]`` (mu, nu, trace...)."""
+    return [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if jax.tree_util.keystr(path).endswith(f"['layer']['{key}']")
+    ]
+
+
 @every_optimizer
 def test_none_gradient_leaves_pass_through_and_keep_their_state(make):
     tx = make()
-    state = tx.init(PARAMS)
+    full = jax.tree.map(lambda p: jnp.full_like(p, 0.5), PARAMS)
+    _, state = tx.update(full, tx.init(PARAMS), PARAMS)  # two steps: state away from its start
+    _, state = tx.update(full, state, PARAMS)
     grads = {"layer": {"w": jnp.ones((3, 4)), "b": None}, "scale": jnp.ones(())}
     updates, new_state = tx.update(grads, state, PARAMS)
     assert updates["layer"]["b"] is None and updates["layer"]["w"].shape == (3, 4)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    kept, before = _state_of(new_state, "b"), _state_of(state, "b")
+    assert kept, "no state found for ['layer']['b']"
+    for new, old in zip(kept, before, strict=True):
+        np.testing.assert_array_equal(new, old)  # bit for bit what it was
+    # ... while the leaf that had a gradient moved on (so the check above can tell them apart).
+    assert any(
+        not np.array_equal(new, old)
+        for new, old in zip(_state_of(new_state, "w"), _state_of(state, "w"), strict=True)
+    )
 
 
 @every_optimizer

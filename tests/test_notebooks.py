@@ -2,12 +2,14 @@
 
 Each notebook is executed afresh in a Jupyter kernel (nbclient, kernel ``python3``: jupyter_client
 starts it with this interpreter, so it sees the same environment as the tests). A notebook fails on
-any error output, and on anything written to stderr -- a traceback printed by a library, or a
-warning the reader should not have to see.
+any error output -- among them its own asserts, which check the numbers it shows -- and on anything
+written to stderr: a traceback printed by a library, or a warning the reader should not have to
+see.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -46,6 +48,14 @@ def test_committed_notebook_is_small_executed_and_clean(path: Path) -> None:
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(cell.execution_count for cell in code), "commit it executed"
     assert not problems(notebook)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_checks_what_it_shows(path: Path) -> None:
+    """Each notebook asserts on the numbers it prints or plots, so running it (below) tests them."""
+    notebook = nbformat.read(path, as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert re.search(r"^\s*(assert |np\.testing\.assert_)", code, re.M), path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])

@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import assert_trajectories_close, problem, reference_run, run, state_shapes
+import reference
+from harness import (
+    assert_trajectories_close,
+    problem,
+    reference_run,
+    run,
+    stack_reference,
+    state_shapes,
+)
 
 import optadam
 
@@ -72,3 +80,23 @@ def test_centered_variance_rounding_below_zero_does_not_give_nan(eps_in_sqrt):
     for g in rng.standard_normal(200).astype(np.float32) * 3.7:
         updates, state = jax.jit(tx.update)(jnp.asarray(g), state)
         assert np.isfinite(updates)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_tieleman_hinton_lecture_is_rmsprop_with_eps_0(x64, dtype, rtol):
+    """The lecture divides by sqrt(MeanSquare) itself, no ε: ``rmsprop(η, decay=0.9, eps=0)``."""
+    params, grads = problem(dtype, seed=34)
+    expected = reference.tieleman_hinton_rmsprop(params, grads, learning_rate=0.01)
+    actual = run(optadam.rmsprop(0.01, decay=0.9, eps=0.0), params, grads)
+    assert_trajectories_close(actual, stack_reference(expected), rtol)
+
+
+@pytest.mark.parametrize("gimel", [1e-4, 1e-2])  # Graves's ג, and one that moves w further
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_graves_eqs_38_to_41_are_centered_rmsprop_with_momentum(x64, gimel, dtype, rtol):
+    """Graves's Δ = ℶΔ − ג ε/sqrt(n − g² + ℷ) puts the learning rate inside the momentum trace,
+    as optax and optadam do: ``rmsprop(ג, decay=ℵ, eps=ℷ, centered=True, momentum=ℶ)``."""
+    params, grads = problem(dtype, seed=35)
+    expected = reference.graves_rmsprop(params, grads, gimel=gimel)
+    tx = optadam.rmsprop(gimel, decay=0.95, eps=1e-4, centered=True, momentum=0.9)
+    assert_trajectories_close(run(tx, params, grads), stack_reference(expected), rtol)

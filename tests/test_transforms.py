@@ -502,7 +502,7 @@ def test_bf16_inject_hyperparams_adam_is_finite_and_follows_float64_reference() 
         np.testing.assert_allclose(u, np.stack(reference), rtol=2**-5, atol=BF16_LR * 2**-6)
 
 
-def test_bf16_optax_inject_hyperparams_adam_is_nan_where_optadam_is_finite() -> None:
+def test_bf16_inject_hyperparams_adam_is_finite() -> None:
     params, grads = _bf16_problem(1)
     g = at_step(grads, 0)
     tx = optadam.inject_hyperparams(optadam.adam)(learning_rate=BF16_LR)
@@ -510,14 +510,24 @@ def test_bf16_optax_inject_hyperparams_adam_is_nan_where_optadam_is_finite() -> 
     for leaf in jax.tree.leaves(ours):
         assert np.all(np.isfinite(np.asarray(leaf, np.float32)))
 
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=f"optax {optax.__version__} rounds injected b2 = 0.999 to 1.0 in bfloat16, so its first "
+    "update is NaN (README: 'Hyperparameters in float32'). If this XPASSes, optax has changed: "
+    "revisit that README paragraph and this test.",
+)
+def test_bf16_optax_inject_hyperparams_adam_is_finite() -> None:
+    """The test above, on optax: expected to fail while optax keeps b2 in the params' dtype
+    (the bias correction 1 - b2^t is then 0 and the first update NaN)."""
+    params, grads = _bf16_problem(1)
+    g = at_step(grads, 0)
     ref = optax.inject_hyperparams(optax.adam)(learning_rate=BF16_LR)
     theirs, _ = jax.jit(ref.update)(g, ref.init(params), params)
-    # optax stores the hyperparameters in the params' dtype: b2 = 0.999 rounds to 1.0 in bf16, so
-    # the bias correction 1 - b2^t is 0 and the first update is NaN.
-    if all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(theirs)):
-        pytest.skip(f"optax {optax.__version__} no longer gives NaN here")
     for leaf in jax.tree.leaves(theirs):
-        assert np.all(np.isnan(np.asarray(leaf, np.float32)))
+        leaf = np.asarray(leaf, np.float32)
+        assert np.all(np.isfinite(leaf)), f"{np.isnan(leaf).sum()} of {leaf.size} updates NaN"
 
 
 @pytest.mark.parametrize(
