@@ -13,10 +13,10 @@ def step(
 ) -> tuple[optax.Params, optax.OptState]:
     """Apply one step of ``tx``: ``(new_params, new_state)``, as ``tx.update`` + ``apply_updates``.
 
-    Works with any optax transformation and gives the two-call form's numbers. Under ``jax.jit``
-    with ``donate_argnums`` for the state and params (see the README), XLA reuses their buffers:
-    where a native kernel runs (optadam's Adam family on CPU, see ``optadam.native_status``) it
-    updates the moments in place.
+    Works with any optax transformation and gives the two-call form's numbers. Under ``jax.jit``,
+    donate the params and the state, in that order (the order they are returned in: JAX pairs
+    donated buffers with results of the same shape in order), and XLA reuses their buffers; where
+    a native kernel runs (``optadam.native_status``) it then updates the moments in place.
 
     Example:
       >>> import jax.numpy as jnp, optadam

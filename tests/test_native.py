@@ -291,8 +291,9 @@ def test_step_equals_update_then_apply_updates_with_donation():
 
         p_two, s_two = two_calls(grads, state, params)
         donated = jax.tree.map(jnp.copy, (params, state))
-        step = jax.jit(lambda g, s, p, tx=tx: optadam.step(tx, g, s, p), donate_argnums=(1, 2))
-        p_one, s_one = step(grads, donated[1], donated[0])
+        # params then state, as returned: each donated buffer pairs with its own result
+        step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
+        p_one, s_one = step(donated[0], donated[1], grads)
         for a, b in zip(
             jax.tree.leaves((p_one, s_one)), jax.tree.leaves((p_two, s_two)), strict=True
         ):
@@ -316,12 +317,19 @@ def test_environment_variable_turns_kernels_off():
     assert out.stdout.strip() == "False | turned off by OPTADAM_NATIVE=0", out.stderr
 
 
+def test_kernels_are_off_by_default_and_say_why():
+    out = _python(STATUS)
+    assert out.stdout.strip() == "False | " + optadam._native.DEFAULT_OFF, out.stderr
+
+
 def test_no_compiler_falls_back_to_xla_path_with_the_reason(tmp_path: Path):
     bare = tmp_path / "bin"
     bare.mkdir()
     code = STATUS + "; import jax.numpy as jnp; tx = optadam.adam(0.1); p = jnp.ones(3)"
     code += "; print(tx.update(p, tx.init(p))[0])"
-    out = _python(code, PATH=str(bare), OPTADAM_CACHE_DIR=str(tmp_path / "cache"))
+    out = _python(
+        code, PATH=str(bare), OPTADAM_CACHE_DIR=str(tmp_path / "cache"), OPTADAM_NATIVE="1"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("False | no C++ compiler found"), out.stdout
     assert "[-0.09999934 -0.09999934 -0.09999934]" in out.stdout  # Adam's first step, eps included
@@ -331,7 +339,8 @@ def test_no_compiler_falls_back_to_xla_path_with_the_reason(tmp_path: Path):
 def test_two_processes_building_at_once_share_one_library(tmp_path: Path):
     code = "import optadam; print(optadam.native_status().enabled)"
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "OPTADAM_NATIVE")}
-    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), OPTADAM_CACHE_DIR=str(tmp_path))
+    root = str(Path(__file__).resolve().parents[1])
+    env.update(PYTHONPATH=root, OPTADAM_CACHE_DIR=str(tmp_path), OPTADAM_NATIVE="1")
     runs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
         for _ in range(2)

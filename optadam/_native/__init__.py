@@ -9,8 +9,9 @@ version, the compiler's version and the CPU (``-march=native``). The cache lives
 writes a temporary file and renames it into place, so processes building at once (``pytest -n``,
 ``jax.distributed``) each see either no library or a whole one.
 
-No compiler, a failed build, or ``OPTADAM_NATIVE=0`` (or :func:`set_native_enabled`) leaves the
-kernels off and every optimizer on its XLA path; :func:`native_status` says which and why.
+The kernels are off unless ``OPTADAM_NATIVE=1`` or :func:`set_native_enabled` turns them on (see
+:func:`native_status` for why); no compiler or a failed build leaves them off too, and every
+optimizer on its XLA path; :func:`native_status` says which and why.
 ``OPTADAM_NATIVE_CFLAGS`` appends compiler flags (e.g. sanitizers; see BUILD_NOTES.md).
 """
 
@@ -46,6 +47,12 @@ FLAGS += ("-shared", "-fPIC", "-std=c++17")
 TARGETS = ("optadam_adam_f32", "optadam_adam_f64")
 
 
+DEFAULT_OFF = (
+    "off by default: single-threaded, the kernel is slower than XLA's multi-threaded loops "
+    "(OPTADAM_NATIVE=1 or optadam.set_native_enabled(True) turns it on)"
+)
+
+
 class NativeStatus(NamedTuple):
     """Whether optadam's native kernels are in use, and why not if they are not."""
 
@@ -70,10 +77,20 @@ def set_native_enabled(enabled: bool | None) -> None:
 
 
 def native_status() -> NativeStatus:
-    """Whether the kernels are in use and, if not, why; builds them on first call if needed."""
-    off = _switched_off if _switched_off is not None else os.environ.get("OPTADAM_NATIVE") == "0"
+    """Whether the kernels are in use and, if not, why; builds them on first call if needed.
+
+    They are off by default for now: inline on one thread, the Adam kernel took 2.7x XLA's time
+    (which splits its loops over the cores) on a 16.8M-element leaf (BUILD_NOTES.md, "Native
+    kernels"). ``OPTADAM_NATIVE=1`` or ``set_native_enabled(True)`` turns them on.
+    """
+    if _switched_off is not None:
+        off, how = _switched_off, "set_native_enabled(False)"
+    else:
+        setting = os.environ.get("OPTADAM_NATIVE", "")
+        off, how = setting != "1", f"OPTADAM_NATIVE={setting}" if setting else "default"
     if off:
-        how = "set_native_enabled(False)" if _switched_off else "OPTADAM_NATIVE=0"
+        if how == "default":
+            return NativeStatus(False, DEFAULT_OFF, None)
         return NativeStatus(False, f"turned off by {how}", None)
     return _load()
 
