@@ -185,8 +185,8 @@ def map_leaves(
     paper's order), keeping the codes' rounding noise out of the step.
 
     ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding,
-    mixed with each leaf's and moment's position: moments stored in bfloat16 are then rounded
-    stochastically, and 8-bit second moments need it.
+    offset by each stored array's position (``optadam._quantize.array_seed``): moments stored in
+    bfloat16 are then rounded stochastically, and 8-bit second moments need it.
 
     ``kernel`` names the optimizer's native kernel and this step's scalars: the leaves it applies
     to (see :func:`native_leaves`) go through it instead, with the same results.
@@ -195,10 +195,12 @@ def map_leaves(
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     native = native_leaves(kernel, moments, direction, g_leaves, s_leaves)
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
+    position = 0  # elements of the moments so far (stochastic rounding hashes each one's position)
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         outs: Sequence[Any]
         if i in native:
             outs = native[i]
+            position += len(s) * jnp.size(g)  # the later leaves' seeds as on the XLA path
         elif g is None:  # no gradient for this leaf: no update, state kept as it was
             outs = (None, *s)
         else:
@@ -209,9 +211,12 @@ def map_leaves(
             g_wide = _lift(g)
             new = moments(g_wide, *(_lift(x) for x in s))
             seeds = [
-                None if rounding_seed is None else _quantize.fold_seed(rounding_seed, i, j)
+                None
+                if rounding_seed is None
+                else _quantize.array_seed(rounding_seed, position + j * g.size)
                 for j in range(len(s))
             ]
+            position += len(s) * g.size
             stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
             seen = [
                 value if isinstance(like, QuantizedArray) else _lift(kept)

@@ -51,10 +51,11 @@ neighbour below or above (tested against a brute-force search).
 to the fraction of the way to the next bfloat16 value: bfloat16's ulp is 0.4 %, so a β2 = 0.999
 moving average rounded to nearest sticks the same way.
 
-**Random bits** come from a counter-based hash of the element's index and a 32-bit seed mixed from
-a fixed constant, the step count, a per-optimizer stream, the leaf and the moment: runs are
-reproducible bit for bit, the bits differ every step, and they are computed inside the update's
-fused loop (no random tensor is materialized, nothing is communicated between shards).
+**Random bits** come from a counter-based hash of the element's position among all the moments'
+elements (leaf by leaf, moment by moment) plus a 32-bit seed mixed from a fixed constant, the step
+count and a per-optimizer stream: runs are reproducible bit for bit, no two elements of a step
+share bits, the bits differ every step, and they are computed inside the update's fused loop (no
+random tensor is materialized, nothing is communicated between shards).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -231,11 +233,21 @@ def rounding_seed(count: jax.Array, stream: str) -> jax.Array:
     return _mix(jnp.asarray(count).astype(jnp.uint32) ^ base)
 
 
-def fold_seed(seed: jax.Array, *values: int) -> jax.Array:
-    """``seed`` mixed with Python ints (a leaf's position, a moment's): one seed per array."""
-    for value in values:
-        seed = _mix(seed + jnp.uint32((value * 0x9E3779B9 + 1) & 0xFFFFFFFF))
-    return seed
+def array_seed(seed: jax.Array, position: int) -> jax.Array:
+    """The seed of one stored array: ``seed + position`` (mod 2^32), where ``position`` counts the
+    elements of the arrays rounded before it in the same update (each leaf's moments in turn), so
+    that :func:`random_bits` hashes every element's position among all of them: no two elements
+    of one step share bits, whatever the leaves' shapes (up to 2^32 elements in all).
+
+    ``position`` enters as a two-word array constant, not a Python scalar: XLA:CPU compiles scalar
+    constants into each leaf's loop, so every leaf's loop would differ and be compiled on its own
+    (bfloat16 + stochastic rounding on 2,000 leaves took minutes), while an array constant is
+    handed to the loop as a buffer and the loops of same-shaped leaves, now identical, compile
+    once. A one-element array would count as a scalar, hence the second (unused) word; adding
+    the runtime seed before taking the first word keeps XLA from folding it back into one.
+    """
+    words = np.array([position % 2**32, 0], np.uint32)
+    return (seed + words)[0]
 
 
 # --- blocks -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ The map is checked against an independent NumPy transcription of bitsandbytes'
 ``create_dynamic_map``; encoding against a brute-force search over the map.
 """
 
+import re
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optadam
-from optadam import _quantize
+from optadam import _leafwise, _quantize
 from optadam._quantize import QuantizedArray, dequantize, quantize
 
 
@@ -326,7 +327,59 @@ def test_random_bits_are_uniform_reproducible_and_differ_per_seed():
     steps = [_quantize.rounding_seed(jnp.int32(t), "adam") for t in range(1, 4)]
     assert len({int(s) for s in steps}) == 3
     assert int(_quantize.rounding_seed(jnp.int32(1), "rms")) != int(steps[0])
-    assert int(_quantize.fold_seed(steps[0], 0, 1)) != int(_quantize.fold_seed(steps[0], 1, 0))
+    # an array's seed is the step's offset by the array's first position, modulo 2^32
+    for position in (0, 1000, 2**32 + 5):
+        expected = (int(steps[0]) + position) % 2**32
+        assert int(_quantize.array_seed(steps[0], position)) == expected
+
+
+def test_each_leaf_and_moment_rounds_with_its_own_bits():
+    """Four bfloat16 arrays (two leaves x two moments) receive the same value, exactly halfway
+    between two bfloat16 numbers: each element rounds up when its bit below bfloat16's last is
+    set, so shared bits would round them all alike. Independent bits disagree half the time."""
+    halfway = np.float32(1 + 2**-8)  # 1 and 1 + 2^-7 are neighbours in bfloat16
+    grads = {"a": jnp.full((64, 64), halfway), "b": jnp.full((64, 64), halfway)}
+    state = jax.tree.map(lambda g: jnp.zeros_like(g, jnp.bfloat16), grads)
+
+    def stored(step):
+        seed = _quantize.rounding_seed(jnp.int32(step), "test")
+        _, mu, nu = _leafwise.map_leaves(
+            lambda g, m, v: (g, g), lambda g, m, v: g, grads, state, state, rounding_seed=seed
+        )
+        return [np.asarray(x[k], np.float32) > halfway for x in (mu, nu) for k in ("a", "b")]
+
+    ups = stored(1)
+    for up in ups:
+        assert abs(up.mean() - 0.5) < 0.05  # unbiased: up as often as down
+    for i in range(len(ups)):
+        for j in range(i):
+            assert abs(np.mean(ups[i] != ups[j]) - 0.5) < 0.05
+    assert all(np.array_equal(u, v) for u, v in zip(ups, stored(1), strict=True))
+    assert np.mean(ups[0] != stored(2)[0]) > 0.4  # and new bits every step
+
+
+def rounding_loops(hlo: str) -> set[str]:
+    """The fused computations of an optimized HLO module that make random bits (uint32 math),
+    names, parameter numbers and metadata stripped: the distinct rounding loops XLA compiles."""
+    bodies = set()
+    for block in hlo.split("\n\n"):
+        if block.startswith("%fused_computation") and "u32[" in block:
+            body = block.split("{", 1)[1]
+            bodies.add(re.sub(r"%[\w.-]+|parameter\(\d+\)|, metadata=\{[^}]*\}", "", body))
+    return bodies
+
+
+def test_stochastic_rounding_compiles_one_loop_for_same_shaped_leaves():
+    """Each leaf's seed reaches its loop as a buffer, not a constant compiled into the loop: more
+    leaves of one shape add no distinct loops (a loop per leaf took minutes on 2,000 leaves)."""
+    tx = optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
+
+    def loops(n):
+        params = {f"w{i}": jnp.ones((8, 16)) for i in range(n)}
+        state = tx.init(params)
+        return rounding_loops(jax.jit(tx.update).lower(params, state).compile().as_text())
+
+    assert 0 < len(loops(6)) == len(loops(2))
 
 
 def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():
