@@ -12,6 +12,7 @@ The submodules users reach through the package are imported with it: ``optadam.s
 from optadam import sharding as sharding
 from optadam import torch as torch
 from optadam._inject import inject_hyperparams
+from optadam._native import NativeStatus, native_status, set_native_enabled
 from optadam._quantize import QuantizedArray
 from optadam.adagrad import ScaleByAdagradState, adagrad, scale_by_adagrad
 from optadam.adam import (
@@ -28,11 +29,13 @@ from optadam.grouping import GroupedState, grouped
 from optadam.momentum import ScaleByMomentumState, momentum, scale_by_momentum, sgd
 from optadam.radam import radam, scale_by_radam
 from optadam.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
+from optadam.step import step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GroupedState",
+    "NativeStatus",
     "QuantizedArray",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -47,6 +50,7 @@ __all__ = [
     "inject_hyperparams",
     "momentum",
     "nadam",
+    "native_status",
     "radam",
     "rmsprop",
     "scale_by_adagrad",
@@ -55,5 +59,7 @@ __all__ = [
     "scale_by_momentum",
     "scale_by_radam",
     "scale_by_rms",
+    "set_native_enabled",
     "sgd",
+    "step",
 ]

@@ -23,14 +23,15 @@ optimizer modules stay a transcription of their papers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.interpreters.partial_eval import DynamicJaxprTracer
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optadam import _dtypes, _quantize
+from optadam import _dtypes, _native, _quantize
 from optadam._quantize import QuantizedArray
 
 
@@ -169,6 +170,7 @@ def map_leaves(
     grads: optax.Updates,
     *states: optax.Params,
     rounding_seed: jax.Array | None = None,
+    kernel: Kernel | None = None,
 ) -> tuple[Any, ...]:
     """Per leaf: ``new = moments(g, *old)``, each rounded once to its storage, then
     ``u = direction(g, *new)``; return ``(updates, *new_states)``.
@@ -185,14 +187,22 @@ def map_leaves(
     ``rounding_seed`` (uint32, from ``optadam._quantize.rounding_seed``) seeds stochastic rounding,
     offset by each stored array's position (``optadam._quantize.array_seed``): moments stored in
     bfloat16 are then rounded stochastically, and 8-bit second moments need it.
+
+    ``kernel`` names the optimizer's native kernel and this step's scalars: the leaves it applies
+    to (see :func:`native_leaves`) go through it instead, with the same results.
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
+    native = native_leaves(kernel, moments, direction, g_leaves, s_leaves)
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
     position = 0  # elements of the moments so far (stochastic rounding hashes each one's position)
-    for g, *s in zip(g_leaves, *s_leaves, strict=True):
-        if g is None:  # no gradient for this leaf: no update, state kept as it was
-            outs: Sequence[Any] = (None, *s)
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        outs: Sequence[Any]
+        if i in native:
+            outs = native[i]
+            position += len(s) * jnp.size(g)  # the later leaves' seeds as on the XLA path
+        elif g is None:  # no gradient for this leaf: no update, state kept as it was
+            outs = (None, *s)
         else:
             for state, x in zip(states, s, strict=True):
                 if x is None or jnp.shape(x) != jnp.shape(g):
@@ -221,3 +231,130 @@ def map_leaves(
 def abs_sq(x: jax.Array) -> jax.Array:
     """|x|², real even for complex x (so second moments of complex parameters are real arrays)."""
     return (x.conj() * x).real if jnp.iscomplexobj(x) else x * x
+
+
+# --------------------------------------------------------------------------------------------------
+# Native kernels: the one place that decides whether leaves go through C++ (optadam/_native).
+
+
+class Kernel(NamedTuple):
+    """An optimizer's native kernel and this step's runtime scalars, for :func:`map_leaves`."""
+
+    name: str  # the family, as in optadam/_native/<name>.cc: "adam"
+    scalars: tuple[Any, ...]  # numbers or 0-d arrays, in the order of the kernel's scalar struct
+    options: tuple[tuple[str, bool], ...] = ()  # the kernel's static switches, e.g. nesterov
+
+
+_NATIVE_DTYPES = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.float64): "f64"}
+
+
+def native_leaves(
+    kernel: Kernel | None,
+    moments: Callable[..., Sequence[jax.Array]],
+    direction: Callable[..., jax.Array],
+    g_leaves: list[Any],
+    s_leaves: list[list[Any]],
+) -> dict[int, Sequence[Any]]:
+    """``{leaf index: (u, *new states)}`` for the leaves a native kernel computes; the other leaves
+    (and all of them when the kernels are off or do not apply) stay on the XLA path.
+
+    A kernel call takes all the leaves of one dtype at once. It applies on CPU to non-empty
+    float32/float64 leaves whose state is plain arrays of the same dtype, on one device, eagerly or
+    under ``jit`` (whose tracers stand for such arrays), when no hyperparameter is wider than the
+    leaves (the XLA path would then compute in the wider dtype). Directly under ``jax.grad``,
+    ``jax.jvp`` or ``jax.vmap`` it does not: the XLA path is the definition there. A kernel call
+    traced first and differentiated later (``grad`` of a ``scan`` or of a ``jit``) takes the XLA
+    math as its derivative rule (:func:`_kernel_call`); one vmapped later runs once per element.
+    For float32 and float64 the XLA path's storage rounding is the identity, so the kernel's
+    results are the moments and direction themselves.
+    """
+    if kernel is None or not _native.enabled() or jax.default_backend() != "cpu":
+        return {}
+    every = (*g_leaves, *(x for leaves in s_leaves for x in leaves), *kernel.scalars)
+    if not all(_kernel_traceable(x) for x in every):
+        return {}
+    groups: dict[Any, list[int]] = {}
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if _kernel_fits(g, s, kernel.scalars):
+            groups.setdefault(jnp.dtype(g.dtype), []).append(i)
+    done: dict[int, Sequence[Any]] = {}
+    for dtype, indices in groups.items():
+        leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
+        scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])
+        name = f"optadam_{kernel.name}_{_NATIVE_DTYPES[dtype]}"
+        outs = _kernel_call(name, kernel, moments, direction, scalars, leaves)
+        done.update(zip(indices, outs, strict=True))
+    return done
+
+
+def _kernel_traceable(x: Any) -> bool:
+    """A concrete value or a ``jit`` tracer; not a tracer of ``grad``/``jvp``/``vmap``."""
+    return not isinstance(x, jax.core.Tracer) or isinstance(x, DynamicJaxprTracer)
+
+
+def _kernel_fits(g: Any, s: list[Any], scalars: tuple[Any, ...]) -> bool:
+    if g is None or jnp.dtype(jnp.result_type(g)) not in _NATIVE_DTYPES or jnp.size(g) == 0:
+        return False
+    dtype = jnp.result_type(g)
+    if any(jnp.result_type(x, dtype) != dtype for x in scalars):
+        return False
+    for x in s:
+        if isinstance(x, QuantizedArray) or x is None or jnp.result_type(x) != dtype:
+            return False
+        if jnp.shape(x) != jnp.shape(g):
+            return False
+    return all(_on_one_cpu(x) for x in (g, *s))
+
+
+def _on_one_cpu(x: Any) -> bool:
+    """An array on one CPU device, or a ``jit`` tracer not split over mesh axes.
+
+    Under ``jit`` over Auto mesh axes the tracer does not say how it is sharded; XLA's sharding
+    propagation then keeps the kernel's operands as they are, one call per shard (tested in
+    tests/test_native.py: no all-gather).
+    """
+    if isinstance(x, jax.core.Tracer):
+        spec = getattr(jax.typeof(x).sharding, "spec", ())
+        return not any(axis is not None for axis in spec)
+    if isinstance(x, jax.Array):
+        devices = list(x.sharding.device_set)
+        return len(devices) == 1 and getattr(devices[0], "platform", None) == "cpu"
+    return True
+
+
+def _kernel_call(
+    name: str,
+    kernel: Kernel,
+    moments: Callable[..., Sequence[jax.Array]],
+    direction: Callable[..., jax.Array],
+    scalars: jax.Array,
+    leaves: list[list[Any]],
+) -> list[list[jax.Array]]:
+    """The kernel over ``leaves`` ([g, *state] each), differentiable by the XLA math.
+
+    ``moments`` and ``direction`` close over the hyperparameters, which may be tracers (a
+    meta-gradient's): ``closure_convert`` makes them explicit operands, so the derivative rule
+    sees their tangents.
+    """
+
+    def xla(leaves: list[list[Any]]) -> list[list[Any]]:
+        outs = []
+        for g, *s in leaves:
+            new = moments(g, *s)
+            outs.append([direction(g, *new).astype(g.dtype), *new])
+        return outs
+
+    reference, consts = jax.closure_convert(xla, leaves)
+    in_place = {k: k for k in range(1, len(leaves[0]))}  # each state into its new value
+
+    @jax.custom_jvp
+    def run(consts: list[Any], scalars: jax.Array, leaves: list[list[Any]]) -> Any:
+        del consts  # they are the scalars' sources, seen by the derivative rule only
+        return _native.call(name, scalars, leaves, len(leaves[0]), in_place, **dict(kernel.options))
+
+    @run.defjvp
+    def run_jvp(primals: Any, tangents: Any) -> Any:
+        (consts, _, leaves), (d_consts, _, d_leaves) = primals, tangents
+        return jax.jvp(lambda c, x: reference(x, *c), (consts, leaves), (d_consts, d_leaves))
+
+    return run(list(consts), scalars, leaves)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _dtypes, _quantize
-from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
+from optadam._leafwise import Kernel, abs_sq, map_leaves, safe_increment, zero_count
 from optadam._learning_rate import scale_by_learning_rate
 from optadam._weight_decay import add_decayed_weights
 
@@ -164,8 +164,10 @@ def scale_by_adam(
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "adam") if seeded else None
+        scalars = (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2, c1_next)  # the C++ struct's order
+        native = Kernel("adam", scalars, (("nesterov", nesterov),))
         updates, mu, nu = map_leaves(
-            moments, direction, updates, state.mu, state.nu, rounding_seed=rounding
+            moments, direction, updates, state.mu, state.nu, rounding_seed=rounding, kernel=native
         )
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 

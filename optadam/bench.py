@@ -9,7 +9,9 @@ the median over rounds, with the fastest and slowest round beside it (one statis
 the roofline fraction compares like with like).
 
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
-Contenders: optadam, optadam with small leaves grouped (``optadam.grouped``; only where it finds
+Contenders: optadam (the XLA path; ``optadam_native`` is the same optimizer with the native CPU
+kernels turned on, see ``optadam._native``, and ``optadam_step`` that, written as ``optadam.step``),
+optadam with small leaves grouped (``optadam.grouped``; only where it finds
 leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, rmsprop, adam,
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``) and bfloat16 moments,
 rounded to nearest and stochastically; torch.optim (foreach, and fused where torch has it) when
@@ -75,6 +77,8 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     },
     "adam": {
         "optadam": lambda: optadam.adam(1e-3),
+        "optadam_native": lambda: native_path(optadam.adam(1e-3)),
+        "optadam_step": lambda: native_path(optadam.adam(1e-3)),
         "optadam_grouped": lambda: optadam.grouped(optadam.adam(1e-3)),
         "optax": lambda: optax.adam(1e-3),
         "optadam_8bit": lambda: optadam.adam(1e-3, state_bits=8),
@@ -85,11 +89,26 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     },
     "adamw": {
         "optadam": lambda: optadam.adamw(1e-3),
+        "optadam_native": lambda: native_path(optadam.adamw(1e-3)),
+        "optadam_step": lambda: native_path(optadam.adamw(1e-3)),
         "optadam_grouped": lambda: optadam.grouped(optadam.adamw(1e-3)),
         "optax": lambda: optax.adamw(1e-3),
     },
 }
 TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+
+
+def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with optadam's native kernels on while its update is traced (where they apply)."""
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        optadam.set_native_enabled(True)
+        try:
+            return tx.update(updates, state, params)
+        finally:
+            optadam.set_native_enabled(None)
+
+    return optax.GradientTransformation(tx.init, update)
 
 
 def resnet50_shapes(width: int = 64) -> Shapes:
@@ -171,8 +190,12 @@ def groups_anything(tx: optax.GradientTransformation, params: Any) -> bool:
 class JaxContender:
     """A donated jitted step for one optax-style transformation, compiled up front."""
 
-    def __init__(self, tx: optax.GradientTransformation, params: Any, grads: Any) -> None:
+    def __init__(
+        self, tx: optax.GradientTransformation, params: Any, grads: Any, via_step: bool = False
+    ) -> None:
         def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+            if via_step:
+                return optadam.step(tx, grads, state, params)
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
@@ -265,7 +288,7 @@ def bench_case(
     for name in optimizers:
         transforms = {label: make() for label, make in OPTIMIZERS[name].items()}
         contenders: dict[str, Any] = {
-            label: JaxContender(tx, params, grads)
+            label: JaxContender(tx, params, grads, via_step=label == "optadam_step")
             for label, tx in transforms.items()
             if label != "optadam_grouped" or groups_anything(tx, params)
         }

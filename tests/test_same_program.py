@@ -25,6 +25,15 @@ PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4), "u": jnp.ones((2, 3, 2))}
 GRADS = jax.tree.map(lambda p: 0.5 * p + 0.1, PARAMS)
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?\S+ = (.+?) ([a-z][\w\-]*)\(")
 
+
+@pytest.fixture(autouse=True)
+def _xla_path():
+    """The claim is the XLA path's: on CPU, native kernels replace it (README, "Native kernels")."""
+    optadam.set_native_enabled(False)
+    yield
+    optadam.set_native_enabled(None)
+
+
 SAME_NAMED = {  # label: (factory name, positional args, keyword args), the same for both
     "sgd": ("sgd", (0.1,), {}),
     "sgd_momentum": ("sgd", (0.1,), {"momentum": 0.9}),

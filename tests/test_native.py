@@ -1,0 +1,349 @@
+"""Native CPU kernels (optadam/_native): the kernel path against the XLA path, which stays the
+definition, and every way of falling back to it.
+
+Each comparison builds the transformation anew for each path: ``jax.jit`` caches traces per
+function, so a transformation traced on one path keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+import optadam
+
+SHAPES = {"s": (), "one": (1,), "odd": (7,), "w": (33, 5), "t": (4, 3, 2)}
+STEPS = 12
+ADAM_FAMILY = {
+    "adam": lambda: optadam.adam(0.1),
+    "adam_eps_root": lambda: optadam.adam(0.05, b1=0.5, b2=0.9, eps=0.0, eps_root=1e-6),
+    "nadam": lambda: optadam.nadam(0.1),
+    "adamw": lambda: optadam.adamw(0.1, weight_decay=0.3),
+    "adam_schedule": lambda: optadam.adam(optax.linear_schedule(0.1, 0.01, 5)),
+    "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1, b1=0.8),
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    yield
+    optadam.set_native_enabled(None)
+
+
+def kernels_available() -> bool:
+    optadam.set_native_enabled(True)
+    return optadam.native_status().enabled
+
+
+needs_kernels = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+    reason="no C++ compiler: the kernels cannot be built here",
+)
+
+
+def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def run(make: Callable[[], Any], native: bool, params: Any, grads: list[Any]) -> tuple:
+    """Updates and final state of ``STEPS`` jitted updates, and whether the kernel was traced."""
+    optadam.set_native_enabled(native)
+    tx = make()
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    updates = []
+    for g in grads:
+        u, state = update(g, state, params)
+        updates.append(u)
+    traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
+    return updates, state, "optadam_adam" in traced
+
+
+def ulps(a: Any, b: Any) -> int:
+    """Largest distance in units of the last place between two float32 arrays."""
+    a, b = np.asarray(a, np.float32).ravel(), np.asarray(b, np.float32).ravel()
+    ia, ib = a.view(np.int32).astype(np.int64), b.view(np.int32).astype(np.int64)
+    ia = np.where(ia < 0, np.int64(-(2**31)) - ia, ia)  # order negative floats below positive
+    ib = np.where(ib < 0, np.int64(-(2**31)) - ib, ib)
+    return int(np.max(np.abs(ia - ib), initial=0))
+
+
+def close_in_ulps(a: Any, b: Any, n: int) -> None:
+    """``a`` within ``n`` float32 ulp of ``b``'s largest magnitude (same NaN and inf)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    finite = np.isfinite(b)
+    np.testing.assert_array_equal(a[~finite], b[~finite])
+    scale = np.max(np.abs(b[finite]), initial=0)
+    np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=n * np.spacing(scale))
+
+
+@needs_kernels
+def test_status_says_kernels_are_in_use_with_a_compiler():
+    assert kernels_available()
+    status = optadam.native_status()
+    assert status.library is not None and Path(status.library).exists()
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ADAM_FAMILY)
+def test_adam_family_kernel_matches_xla_path_float32(name: str):
+    assert kernels_available()
+    rng = np.random.default_rng(0)
+    params = random_tree(rng, jnp.float32)
+    grads = [random_tree(rng, jnp.float32) for _ in range(STEPS)]
+    u_k, s_k, traced_k = run(ADAM_FAMILY[name], True, params, grads)
+    u_x, s_x, traced_x = run(ADAM_FAMILY[name], False, params, grads)
+    assert traced_k and not traced_x
+    # moments: bitwise (the kernel fuses the multiply-adds where XLA does)
+    for a, b in zip(jax.tree.leaves(s_k), jax.tree.leaves(s_x), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the update: XLA's simplifier rewrites divisions ((a / b) / c as a / (b · c), a / b as
+    # a · (1 / b)) as the fusion allows, the kernel divides as the Python is written; where
+    # terms cancel (AdamW's decay) the difference is relative to the terms: so the bound is in
+    # ulp of the leaf's largest update, 3 (BUILD_NOTES.md, "Native kernels")
+    for step_k, step_x in zip(u_k, u_x, strict=True):
+        for a, b in zip(jax.tree.leaves(step_k), jax.tree.leaves(step_x), strict=True):
+            close_in_ulps(a, b, 3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["adam", "adam_eps_root", "nadam", "adam_injected"])
+def test_adam_family_kernel_matches_xla_path_float64(name: str, x64):
+    assert kernels_available()
+    rng = np.random.default_rng(1)
+    params = random_tree(rng, jnp.float64)
+    grads = [random_tree(rng, jnp.float64) for _ in range(STEPS)]
+    u_k, s_k, traced_k = run(ADAM_FAMILY[name], True, params, grads)
+    u_x, s_x, _ = run(ADAM_FAMILY[name], False, params, grads)
+    assert traced_k
+    for a, b in zip(jax.tree.leaves((u_k, s_k)), jax.tree.leaves((u_x, s_x)), strict=True):
+        scale = float(np.max(np.abs(np.asarray(b)), initial=0))  # NAdam's sum may cancel
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14, atol=1e-14 * scale)
+
+
+@needs_kernels
+def test_odd_and_large_leaves_match_xla_path():
+    assert kernels_available()
+    rng = np.random.default_rng(10)
+    shapes = {"a": (1,), "b": (3,), "c": (1023,), "d": (4097,), "e": (1 << 20 | 3,)}
+    params = random_tree(rng, jnp.float32, shapes)
+    grads = [random_tree(rng, jnp.float32, shapes) for _ in range(3)]
+    u_k, s_k, traced = run(ADAM_FAMILY["adam"], True, params, grads)
+    u_x, s_x, _ = run(ADAM_FAMILY["adam"], False, params, grads)
+    assert traced
+    for a, b in zip(jax.tree.leaves(s_k), jax.tree.leaves(s_x), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(u_k), jax.tree.leaves(u_x), strict=True):
+        close_in_ulps(a, b, 3)
+
+
+@needs_kernels
+def test_kernel_is_one_call_for_all_leaves_of_a_dtype():
+    assert kernels_available()
+    params = random_tree(np.random.default_rng(2), jnp.float32)
+    tx = optadam.adam(0.1)
+    jaxpr = str(jax.make_jaxpr(tx.update)(params, tx.init(params)))
+    assert jaxpr.count("optadam_adam_f32") == 1
+
+
+@needs_kernels
+def test_kernel_takes_hyperparameters_as_operands_so_injected_values_do_not_retrace():
+    assert kernels_available()
+    params = random_tree(np.random.default_rng(3), jnp.float32)
+    tx = optadam.inject_hyperparams(optadam.adam)(0.1, b1=0.9)
+    state = tx.init(params)
+    traces = []
+    update = jax.jit(lambda g, s: (traces.append(1), tx.update(g, s))[1])
+    _, state = update(params, state)
+    state.hyperparams["b1"] = jnp.asarray(0.5, state.hyperparams["b1"].dtype)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.01, jnp.float32)
+    _, state = update(params, state)
+    assert len(traces) == 1
+
+
+def _special_grads() -> tuple[dict, dict]:
+    rng = np.random.default_rng(4)
+    params = random_tree(rng, jnp.float32, {"w": (9,), "empty": (0, 3), "b": (2,)})
+    g = dict(params)
+    g["w"] = g["w"].at[0].set(jnp.nan).at[1].set(jnp.inf).at[2].set(-jnp.inf)
+    return params, g
+
+
+@needs_kernels
+def test_nan_inf_and_zero_size_leaves_give_xla_path_results():
+    assert kernels_available()
+    params, g = _special_grads()
+    u_k, s_k, traced = run(lambda: optadam.adam(0.1), True, params, [g, g])
+    u_x, s_x, _ = run(lambda: optadam.adam(0.1), False, params, [g, g])
+    assert traced
+    for a, b in zip(jax.tree.leaves((u_k, s_k)), jax.tree.leaves((u_x, s_x)), strict=True):
+        close_in_ulps(a, b, 3)  # as in the float32 test; NaN and inf where the XLA path has them
+
+
+@needs_kernels
+def test_none_and_masked_leaves_give_xla_path_results():
+    assert kernels_available()
+    params = random_tree(np.random.default_rng(5), jnp.float32, {"w": (5,), "b": (3,)})
+    outs = []
+    for native in (True, False):
+        optadam.set_native_enabled(native)
+        tx = optax.masked(optadam.adam(0.1), {"w": True, "b": False})
+        state = tx.init(params)
+        u1, state = jax.jit(tx.update)(params, state)
+        tx2 = optadam.adam(0.1)
+        u2, _ = tx2.update({"w": params["w"], "b": None}, tx2.init(params))
+        outs.append((u1, u2))
+    assert outs[0][1]["b"] is None
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+        close_in_ulps(a, b, 3)
+
+
+@needs_kernels
+def test_bfloat16_and_8bit_state_take_the_xla_path():
+    assert kernels_available()
+    params = random_tree(np.random.default_rng(6), jnp.bfloat16, {"w": (5,)})
+    tx = optadam.adam(0.1)
+    assert "optadam_adam" not in str(jax.make_jaxpr(tx.update)(params, tx.init(params)))
+    big = {"w": jnp.ones(8192, jnp.float32)}
+    lean = optadam.adam(0.1, state_bits=8)
+    assert "optadam_adam" not in str(jax.make_jaxpr(lean.update)(big, lean.init(big)))
+
+
+def _meta(native: bool) -> tuple[Any, Any]:
+    """d(loss after 6 steps)/d(b1) and vmap over the learning rate, both through a scan."""
+    optadam.set_native_enabled(native)
+    rng = np.random.default_rng(7)
+    params = random_tree(rng, jnp.float32, {"w": (6,)})
+    target = jnp.asarray(rng.normal(size=6), jnp.float32)
+
+    def train(lr: jax.Array, b1: jax.Array) -> jax.Array:
+        tx = optadam.inject_hyperparams(optadam.adam)(lr, b1=b1)
+
+        def body(carry: Any, _: Any) -> Any:
+            p, s = carry
+            g = jax.grad(lambda q: jnp.sum((q["w"] - target) ** 2))(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (p, _), _ = lax.scan(body, (params, tx.init(params)), None, length=6)
+        return jnp.sum((p["w"] - target) ** 2)
+
+    meta_grad = jax.jit(jax.grad(train, argnums=1))(0.1, 0.9)
+    swept = jax.jit(jax.vmap(train, in_axes=(0, None)))(jnp.asarray([0.05, 0.1, 0.2]), 0.9)
+    return meta_grad, swept
+
+
+@needs_kernels
+def test_meta_gradient_and_vmap_through_a_traced_kernel_equal_the_xla_path():
+    assert kernels_available()
+    grad_k, swept_k = _meta(True)
+    grad_x, swept_x = _meta(False)
+    np.testing.assert_allclose(grad_k, grad_x, rtol=1e-6)
+    np.testing.assert_allclose(swept_k, swept_x, rtol=1e-6)
+
+
+@needs_kernels
+def test_sharded_step_has_no_all_gather_and_keeps_the_sharding():
+    assert kernels_available()
+    mesh = jax.make_mesh((8,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = {"w": jax.device_put(jnp.arange(64.0, dtype=jnp.float32), sharding)}
+    tx = optadam.adam(0.1)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    hlo = update.lower(params, state).compile().as_text()
+    assert "all-gather" not in hlo
+    u, state = update(params, state)
+    assert state[0].mu["w"].sharding == sharding
+    optadam.set_native_enabled(False)
+    reference = optadam.adam(0.1)
+    u_ref, _ = jax.jit(reference.update)(params, reference.init(params))
+    close_in_ulps(u["w"], u_ref["w"], 3)
+
+
+@needs_kernels
+def test_step_equals_update_then_apply_updates_with_donation():
+    assert kernels_available()
+    rng = np.random.default_rng(8)
+    params = random_tree(rng, jnp.float32)
+    grads = random_tree(rng, jnp.float32)
+    for make in (lambda: optadam.adamw(0.1), lambda: optax.sgd(0.1, momentum=0.9)):
+        tx = make()
+        state = tx.init(params)
+
+        @jax.jit
+        def two_calls(g: Any, s: Any, p: Any, tx: Any = tx) -> Any:
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        p_two, s_two = two_calls(grads, state, params)
+        donated = jax.tree.map(jnp.copy, (params, state))
+        # params then state, as returned: each donated buffer pairs with its own result
+        step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
+        p_one, s_one = step(donated[0], donated[1], grads)
+        for a, b in zip(
+            jax.tree.leaves((p_one, s_one)), jax.tree.leaves((p_two, s_two)), strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    full = {k: v for k, v in os.environ.items() if k not in ("CXX", "OPTADAM_NATIVE")}
+    full.update(PYTHONPATH=str(root), **env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full, check=False
+    )
+
+
+STATUS = "import optadam; s = optadam.native_status(); print(s.enabled, '|', s.reason)"
+
+
+def test_environment_variable_turns_kernels_off():
+    out = _python(STATUS, OPTADAM_NATIVE="0")
+    assert out.stdout.strip() == "False | turned off by OPTADAM_NATIVE=0", out.stderr
+
+
+def test_kernels_are_off_by_default_and_say_why():
+    out = _python(STATUS)
+    assert out.stdout.strip() == "False | " + optadam._native.DEFAULT_OFF, out.stderr
+
+
+def test_no_compiler_falls_back_to_xla_path_with_the_reason(tmp_path: Path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    code = STATUS + "; import jax.numpy as jnp; tx = optadam.adam(0.1); p = jnp.ones(3)"
+    code += "; print(tx.update(p, tx.init(p))[0])"
+    out = _python(
+        code, PATH=str(bare), OPTADAM_CACHE_DIR=str(tmp_path / "cache"), OPTADAM_NATIVE="1"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False | no C++ compiler found"), out.stdout
+    assert "[-0.09999934 -0.09999934 -0.09999934]" in out.stdout  # Adam's first step, eps included
+
+
+@needs_kernels
+def test_two_processes_building_at_once_share_one_library(tmp_path: Path):
+    code = "import optadam; print(optadam.native_status().enabled)"
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "OPTADAM_NATIVE")}
+    root = str(Path(__file__).resolve().parents[1])
+    env.update(PYTHONPATH=root, OPTADAM_CACHE_DIR=str(tmp_path), OPTADAM_NATIVE="1")
+    runs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+        for _ in range(2)
+    ]
+    assert [p.communicate()[0].strip() for p in runs] == ["True", "True"]
+    assert [f.suffix for f in tmp_path.iterdir()] == [".so"]  # one library, no temporary left
