@@ -83,8 +83,9 @@ def shard(tree: dict[str, Any], mesh: jax.sharding.Mesh, specs: dict[str, P]) ->
 
 
 def param_key(path: Any) -> str | None:
-    """The params' key a state leaf belongs to (its last dict key), None for scalars."""
-    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    """The params' key a state leaf belongs to (its last dict key naming a param), None for scalars
+    (counts, and optadam.torch's per-group hyperparameters such as ``{"lr": ...}``)."""
+    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and k.key in SHAPES]
     return keys[-1] if keys else None
 
 
