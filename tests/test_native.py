@@ -347,3 +347,53 @@ def test_two_processes_building_at_once_share_one_library(tmp_path: Path):
     ]
     assert [p.communicate()[0].strip() for p in runs] == ["True", "True"]
     assert [f.suffix for f in tmp_path.iterdir()] == [".so"]  # one library, no temporary left
+
+
+SHARED_POOL = """
+import jax, jax.numpy as jnp, numpy as np, optadam
+from jax.sharding import NamedSharding, PartitionSpec
+assert jax.device_count() == 8 and optadam.native_status().enabled
+n = 8 * (1 << 18)  # each device's shard is split over the pool, not run inline
+p = jnp.asarray(np.random.default_rng(0).normal(size=n), jnp.float32)
+g = jnp.asarray(np.random.default_rng(1).normal(size=n), jnp.float32)
+
+def steps(tx, update, p, g, init=None, count=3):
+    s = (init or tx.init)(p)
+    assert "optadam_adam_f32" in update.lower(g, s, p).compile().as_text()
+    for _ in range(count):
+        u, s = update(g, s, p)
+    return np.asarray(u), np.asarray(s[0].mu)
+
+tx = optadam.adam(0.1)
+assert "optadam_adam_f32" in str(jax.make_jaxpr(tx.update)(g, tx.init(p), p))
+mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+shard = NamedSharding(mesh, PartitionSpec("d"))
+sharded = steps(tx, jax.jit(tx.update), jax.device_put(p, shard), jax.device_put(g, shard))
+rows = lambda x: x.reshape(8, -1)
+mapped = steps(tx, jax.pmap(tx.update), rows(p), rows(g), init=jax.pmap(tx.init))
+one_device = steps(tx, jax.jit(tx.update), p, g)  # the kernel, unsplit over devices
+for got in (sharded, mapped):  # the kernel is element-wise: the same bits however it is split
+    np.testing.assert_array_equal(got[0].ravel(), one_device[0])
+    np.testing.assert_array_equal(got[1].ravel(), one_device[1])
+print("ok")
+"""
+
+
+@needs_kernels
+def test_kernel_split_over_a_pool_shared_by_8_host_devices_does_not_deadlock():
+    # The kernel schedules its ranges on XLA's intra-op pool, which every host device shares, and
+    # returns a Future instead of waiting on them: pmap and a sharded jit over 8 devices finish.
+    code = SHARED_POOL
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "OPTADAM_NATIVE")}
+    env.update(
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        OPTADAM_NATIVE="1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the kernel deadlocked (or ran for over 300 s) under 8 host devices")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -48,8 +48,9 @@ TARGETS = ("optadam_adam_f32", "optadam_adam_f64")
 
 
 DEFAULT_OFF = (
-    "off by default: single-threaded, the kernel is slower than XLA's multi-threaded loops "
-    "(OPTADAM_NATIVE=1 or optadam.set_native_enabled(True) turns it on)"
+    "off by default: a kernel-backed step is still slower than XLA's fused loops (its update "
+    "is a fresh buffer XLA's step never writes; OPTADAM_NATIVE=1 or "
+    "optadam.set_native_enabled(True) turns it on)"
 )
 
 
@@ -79,9 +80,10 @@ def set_native_enabled(enabled: bool | None) -> None:
 def native_status() -> NativeStatus:
     """Whether the kernels are in use and, if not, why; builds them on first call if needed.
 
-    They are off by default for now: inline on one thread, the Adam kernel took 2.7x XLA's time
-    (which splits its loops over the cores) on a 16.8M-element leaf (BUILD_NOTES.md, "Native
-    kernels"). ``OPTADAM_NATIVE=1`` or ``set_native_enabled(True)`` turns them on.
+    They are off by default for now: split over XLA's thread pool, a kernel-backed Adam step
+    still took 2.4-2.7x XLA's fused step on a 16.8M-element leaf, most of it in the page faults of
+    the update buffer the kernel writes and XLA's step never materializes (BUILD_NOTES.md,
+    "Native kernels"). ``OPTADAM_NATIVE=1`` or ``set_native_enabled(True)`` turns them on.
     """
     if _switched_off is not None:
         off, how = _switched_off, "set_native_enabled(False)"

@@ -29,33 +29,39 @@ inline T AdamElement(const AdamScalars<T>& s, T g, T& mu, T& nu) {
   return mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
 }
 
-// The direction u_t to a fresh buffer, the moments in place.
+// Elements [begin, end) of one leaf: the direction u_t to a fresh buffer, the moments in place.
 template <typename T, bool kNesterov>
-void UpdateLeaf(const AdamScalars<T>& s, size_t n, const T* __restrict g, T* __restrict mu,
-                T* __restrict nu, T* __restrict u) {
-  for (size_t i = 0; i < n; ++i) u[i] = AdamElement<T, kNesterov>(s, g[i], mu[i], nu[i]);
+void UpdateRange(const AdamScalars<T>& s, const T* __restrict g, T* __restrict mu,
+                 T* __restrict nu, T* __restrict u, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) u[i] = AdamElement<T, kNesterov>(s, g[i], mu[i], nu[i]);
 }
 
 // Operands: the scalars, then per leaf (g, mu, nu); results per leaf (u, mu, nu), mu and nu in
-// place.
+// place. The elements are split over XLA's thread pool (InParallel); the call completes when the
+// last range is done.
 template <typename T>
-ffi::Error Adam(bool nesterov, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+ffi::Future Adam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+                 ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kAdamScalars);
-  if (packed.has_error()) return packed.error();
+  if (packed.has_error()) return Done(packed.error());
   AdamScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
   if ((args.size() - 1) % 3 != 0 || args.size() - 1 != rets.size()) {
-    return ffi::Error::InvalidArgument("optadam adam kernel: operand count");
+    return Done(ffi::Error::InvalidArgument("optadam adam kernel: operand count"));
   }
-  for (size_t leaf = 0; leaf < rets.size() / 3; ++leaf) {
-    Leaf<T, 3, 3> b;
-    if (ffi::Error error = GetLeaf<T, 3, 3>(args, rets, leaf, b); error.failure()) return error;
-    Alias(b, 1, 1);  // mu
-    Alias(b, 2, 2);  // nu
-    (nesterov ? UpdateLeaf<T, true> : UpdateLeaf<T, false>)(s, b.n, b.in[0], b.out[1], b.out[2],
-                                                            b.out[0]);
+  std::vector<Leaf<T, 3, 3>> leaves(rets.size() / 3);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, 3, 3>(args, rets, leaf, leaves[leaf]); error.failure()) {
+      return Done(error);
+    }
   }
-  return ffi::Error::Success();
+  auto update = nesterov ? UpdateRange<T, true> : UpdateRange<T, false>;
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 1, begin, end);  // mu
+                         Alias(b, 2, 2, begin, end);  // nu
+                         update(s, b.in[0], b.out[1], b.out[2], b.out[0], begin, end);
+                       });
 }
 
 }  // namespace
@@ -64,6 +70,7 @@ ffi::Error Adam(bool nesterov, ffi::RemainingArgs args, ffi::RemainingRets rets)
 #define OPTADAM_ADAM_HANDLER(name, T)                                   \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::Adam<T>,                 \
                                 xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
                                     .Attr<bool>("nesterov")             \
                                     .RemainingArgs()                    \
                                     .RemainingRets());

@@ -7,9 +7,13 @@
 // one pointer.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -75,13 +79,88 @@ ffi::Error GetLeaf(const ffi::RemainingArgs& args, const ffi::RemainingRets& ret
   return ffi::Error::Success();
 }
 
-// Makes result `out` hold input `in`, so the kernel can update it in place: nothing to do when
-// XLA aliased them (the usual case), a copy otherwise.
+// Makes elements [begin, end) of result `out` hold input `in`'s, so the kernel can update them in
+// place: nothing to do when XLA aliased the two buffers (the usual case), a copy otherwise.
 template <typename T, int kIns, int kOuts>
-void Alias(Leaf<T, kIns, kOuts>& leaf, int in, int out) {
-  if (leaf.in[in] != leaf.out[out] && leaf.n > 0) {
-    std::memcpy(leaf.out[out], leaf.in[in], leaf.n * sizeof(T));
+void Alias(const Leaf<T, kIns, kOuts>& leaf, int in, int out, size_t begin, size_t end) {
+  if (leaf.in[in] != leaf.out[out] && end > begin) {
+    std::memcpy(leaf.out[out] + begin, leaf.in[in] + begin, (end - begin) * sizeof(T));
   }
+}
+
+// Splitting a call's elements over XLA's intra-op thread pool.
+//
+// The leaves' elements, taken one leaf after the other, are cut into ranges of whole 64 KiB chunks
+// (a few ranges per pool thread, so a slow thread holds up little); the handler schedules all but
+// the first range on the pool, runs the first itself, and returns a Future that the last range to
+// finish completes. It never waits on the pool: the host devices of one process (pmap, sharded
+// jit) share that pool, and a handler blocking on its own tasks there can deadlock. Calls with
+// few elements run inline, where scheduling would cost more than it saves.
+constexpr size_t kChunkBytes = size_t{64} << 10;
+constexpr size_t kInlineElements = size_t{1} << 16;
+constexpr size_t kRangesPerThread = 4;
+
+// A ready Future: the call finished (or failed) on the calling thread.
+inline ffi::Future Done(ffi::Error error = ffi::Error::Success()) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  if (error.success()) {
+    promise.SetAvailable();
+  } else {
+    promise.SetError(std::move(error));
+  }
+  return future;
+}
+
+// `body(leaf, begin, end)` over every element of `leaves` (the leaf's index, then a range of its
+// elements), split over `pool` as described above. `body` is copied once and shared by the tasks;
+// it must only write the elements it is given.
+template <typename T, typename L, typename Body>
+ffi::Future InParallel(ffi::ThreadPool& pool, std::vector<L> leaves, Body body) {
+  struct Work {
+    std::vector<L> leaves;
+    std::vector<size_t> starts;  // first element of each leaf, counted over all leaves
+    Body body;
+
+    // Elements [begin, end), counted over all leaves.
+    void Run(size_t begin, size_t end) const {
+      size_t leaf = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+      for (; leaf < leaves.size() && starts[leaf] < end; ++leaf) {
+        size_t from = std::max(begin, starts[leaf]) - starts[leaf];
+        size_t to = std::min(end, starts[leaf] + leaves[leaf].n) - starts[leaf];
+        if (to > from) body(leaves[leaf], from, to);
+      }
+    }
+  };
+  auto work = std::make_shared<Work>(Work{std::move(leaves), {}, std::move(body)});
+  size_t total = 0;
+  for (const L& leaf : work->leaves) {
+    work->starts.push_back(total);
+    total += leaf.n;
+  }
+  const size_t chunk = kChunkBytes / sizeof(T);
+  const size_t chunks = (total + chunk - 1) / chunk;
+  const int64_t threads = total < kInlineElements ? 1 : pool.num_threads();
+  size_t ranges = threads > 1 ? std::min(chunks, static_cast<size_t>(threads) * kRangesPerThread)
+                              : size_t{1};
+  const size_t per_range = (chunks + ranges - 1) / ranges * chunk;  // elements, whole chunks
+  ranges = total == 0 ? 1 : (total + per_range - 1) / per_range;
+  if (ranges <= 1) {
+    work->Run(0, total);
+    return Done();
+  }
+  ffi::CountDownPromise finished(static_cast<int64_t>(ranges));
+  ffi::Future future(finished);
+  for (size_t r = 1; r < ranges; ++r) {
+    size_t begin = r * per_range, end = std::min(total, begin + per_range);
+    pool.Schedule([work, finished, begin, end]() mutable {
+      work->Run(begin, end);
+      finished.CountDown();
+    });
+  }
+  work->Run(0, per_range);
+  finished.CountDown();
+  return future;
 }
 
 // The runtime scalars, checked to hold at least `count` values of T.
