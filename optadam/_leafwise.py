@@ -282,9 +282,76 @@ def native_leaves(
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
         scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])
         name = f"optadam_{kernel.name}_{_NATIVE_DTYPES[dtype]}"
-        outs = _kernel_call(name, kernel, moments, direction, scalars, leaves)
+
+        def xla(g: Any, *s: Any) -> list[Any]:
+            new = moments(g, *s)
+            return [direction(g, *new).astype(g.dtype), *new]
+
+        in_place = {k: k for k in range(1, len(leaves[0]))}  # each state into its new value
+        outs = _kernel_call(name, kernel, xla, scalars, leaves, in_place, len(leaves[0]))
         done.update(zip(indices, outs, strict=True))
     return done
+
+
+class OnePass(optax.GradientTransformationExtraArgs):
+    """An ``optax`` transformation that also says how :func:`optadam.step` can run it in one pass.
+
+    Its ``one_pass(grads, state, params)`` returns ``(new_params, new_state)`` through a native
+    kernel, or None where the kernel does not apply (then ``step`` calls ``update`` and
+    ``apply_updates``). A tuple like any other transformation otherwise; ``_replace`` and other
+    copies drop ``one_pass``, and so the one-pass path, never the results.
+    """
+
+    one_pass: Callable[[Any, Any, Any], tuple[Any, Any] | None] | None = None
+
+
+def with_one_pass(
+    tx: optax.GradientTransformationExtraArgs,
+    one_pass: Callable[[Any, Any, Any], tuple[Any, Any] | None],
+) -> OnePass:
+    out = OnePass(tx.init, tx.update)
+    out.one_pass = one_pass
+    return out
+
+
+def native_step(
+    kernel: Kernel,
+    xla: Callable[..., list[jax.Array]],
+    grads: optax.Updates,
+    params: optax.Params,
+    *states: optax.Params,
+) -> tuple[Any, ...] | None:
+    """``(new_params, *new_states)`` of a whole step through ``kernel`` (``optadam_<name>_step_*``)
+    in one pass, params and states in place; None unless every leaf fits the kernel (the same
+    conditions as :func:`native_leaves`, the params included), so the caller takes the XLA path.
+
+    ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
+    """
+    if not _native.enabled() or jax.default_backend() != "cpu":
+        return None
+    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
+    try:
+        s_leaves = [_flatten_like(treedef, grads, s) for s in (params, *states)]
+    except ValueError:
+        return None
+    every = (*g_leaves, *(x for leaves in s_leaves for x in leaves), *kernel.scalars)
+    if not g_leaves or not all(_kernel_traceable(x) for x in every):
+        return None
+    groups: dict[Any, list[int]] = {}
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if not _kernel_fits(g, s, kernel.scalars):
+            return None
+        groups.setdefault(jnp.dtype(g.dtype), []).append(i)
+    done: dict[int, Sequence[Any]] = {}
+    for dtype, indices in groups.items():
+        leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
+        scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])
+        name = f"optadam_{kernel.name}_step_{_NATIVE_DTYPES[dtype]}"
+        in_place = {k: k - 1 for k in range(1, len(leaves[0]))}  # params and states
+        outs = _kernel_call(name, kernel, xla, scalars, leaves, in_place, len(in_place))
+        done.update(zip(indices, outs, strict=True))
+    columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
+    return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
 
 
 def _kernel_traceable(x: Any) -> bool:
@@ -325,32 +392,29 @@ def _on_one_cpu(x: Any) -> bool:
 def _kernel_call(
     name: str,
     kernel: Kernel,
-    moments: Callable[..., Sequence[jax.Array]],
-    direction: Callable[..., jax.Array],
+    xla_leaf: Callable[..., list[jax.Array]],
     scalars: jax.Array,
     leaves: list[list[Any]],
+    in_place: dict[int, int],
+    results: int,
 ) -> list[list[jax.Array]]:
-    """The kernel over ``leaves`` ([g, *state] each), differentiable by the XLA math.
+    """The kernel over ``leaves`` ([g, *others] each), differentiable by the XLA math.
 
-    ``moments`` and ``direction`` close over the hyperparameters, which may be tracers (a
-    meta-gradient's): ``closure_convert`` makes them explicit operands, so the derivative rule
-    sees their tangents.
+    ``xla_leaf(g, *others)`` is one leaf's results in jnp. It closes over the hyperparameters,
+    which may be tracers (a meta-gradient's): ``closure_convert`` makes them explicit operands, so
+    the derivative rule sees their tangents. Each leaf gives ``results`` arrays; ``in_place`` maps
+    a leaf's operand to the result it is updated into.
     """
 
     def xla(leaves: list[list[Any]]) -> list[list[Any]]:
-        outs = []
-        for g, *s in leaves:
-            new = moments(g, *s)
-            outs.append([direction(g, *new).astype(g.dtype), *new])
-        return outs
+        return [xla_leaf(*leaf) for leaf in leaves]
 
     reference, consts = jax.closure_convert(xla, leaves)
-    in_place = {k: k for k in range(1, len(leaves[0]))}  # each state into its new value
 
     @jax.custom_jvp
     def run(consts: list[Any], scalars: jax.Array, leaves: list[list[Any]]) -> Any:
         del consts  # they are the scalars' sources, seen by the derivative rule only
-        return _native.call(name, scalars, leaves, len(leaves[0]), in_place, **dict(kernel.options))
+        return _native.call(name, scalars, leaves, results, in_place, **dict(kernel.options))
 
     @run.defjvp
     def run_jvp(primals: Any, tangents: Any) -> Any:

@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _dtypes, _quantize
-from optadam._leafwise import Kernel, abs_sq, map_leaves, safe_increment, zero_count
+from optadam._leafwise import (
+    Kernel,
+    abs_sq,
+    map_leaves,
+    native_step,
+    safe_increment,
+    with_one_pass,
+    zero_count,
+)
 from optadam._learning_rate import scale_by_learning_rate
 from optadam._weight_decay import add_decayed_weights
 
@@ -98,6 +106,12 @@ def init_adam_state(
     return ScaleByAdamState(count=zero_count(params), mu=mu, nu=nu)
 
 
+def adam_scalars(b1: Any, b2: Any, eps: Any, eps_root: Any, t: jax.Array) -> tuple[Any, ...]:
+    """Step ``t``'s runtime scalars of the native Adam kernel, in its C++ struct's order."""
+    c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
+    return (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2, c1_next)
+
+
 def scale_by_adam(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
@@ -164,8 +178,7 @@ def scale_by_adam(
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "adam") if seeded else None
-        scalars = (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2, c1_next)  # the C++ struct's order
-        native = Kernel("adam", scalars, (("nesterov", nesterov),))
+        native = Kernel("adam", adam_scalars(b1, b2, eps, eps_root, t), (("nesterov", nesterov),))
         updates, mu, nu = map_leaves(
             moments, direction, updates, state.mu, state.nu, rounding_seed=rounding, kernel=native
         )
@@ -295,12 +308,13 @@ def adam(
         "block_size": block_size,
         "stochastic_rounding": stochastic_rounding,
     }
-    return optax.chain(
+    tx = optax.chain(
         scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype, **lean
         ),
         scale_by_learning_rate(learning_rate),
     )
+    return with_one_pass(tx, _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate))
 
 
 def nadam(
@@ -380,13 +394,80 @@ def adamw(
         "block_size": block_size,
         "stochastic_rounding": stochastic_rounding,
     }
-    return optax.chain(
+    tx = optax.chain(
         scale_by_adam(
             b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype, **lean
         ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+    if mask is not None:  # a masked decay: update + apply_updates
+        return tx
+    one_pass = _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate, weight_decay)
+    return with_one_pass(tx, one_pass)
+
+
+def _adam_one_pass(
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    nesterov: bool,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule | None = None,
+) -> Any:
+    """``optadam.step``'s one pass for ``chain(scale_by_adam, [add_decayed_weights],
+    scale_by_learning_rate)``: the native step kernel with the chain's scalars, each state advanced
+    as its transformation advances it; None (so ``update`` + ``apply_updates``) where it does not
+    apply -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+    # optax.add_decayed_weights skips a constant zero decay altogether (so 0·inf adds no NaN)
+    decays = weight_decay is not None and not (
+        isinstance(weight_decay, int | float) and weight_decay == 0.0
+    )
+
+    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        parts = 2 if weight_decay is None else 3
+        if not isinstance(state, tuple) or len(state) != parts:
+            return None
+        adam_state, *decay_state, lr_state = state
+        if not isinstance(adam_state, ScaleByAdamState):
+            return None
+        t = safe_increment(adam_state.count)
+        if callable(learning_rate):
+            minus_lr = -learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
+        else:
+            minus_lr = -learning_rate
+        wd: Any = 0.0
+        if callable(weight_decay):
+            (schedule,) = decay_state
+            wd = weight_decay(schedule.count)
+            decay_state = [type(schedule)(safe_increment(schedule.count))]
+        elif decays:
+            wd = weight_decay
+        kernel = Kernel(
+            "adam",
+            (*adam_scalars(b1, b2, eps, eps_root, t), minus_lr, wd),
+            (("nesterov", nesterov), ("decay", decays)),
+        )
+        c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
+
+        def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
+            mu, nu = adam_moments(g, mu, nu, b1, b2)
+            mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)
+            u = mu_hat / (jnp.sqrt(nu / c2 + eps_root) + eps)
+            if decays:
+                u = u + wd * p
+            return [(p + u * minus_lr).astype(p.dtype), mu, nu]
+
+        done = native_step(kernel, xla, grads, params, adam_state.mu, adam_state.nu)
+        if done is None:
+            return None
+        new_params, mu, nu = done
+        new_adam = ScaleByAdamState(count=t, mu=mu, nu=nu)
+        return new_params, (new_adam, *decay_state, lr_state)
+
+    return one_pass
 
 
 def amsgrad(

@@ -15,8 +15,14 @@ def step(
 
     Works with any optax transformation and gives the two-call form's numbers. Under ``jax.jit``,
     donate the params and the state, in that order (the order they are returned in: JAX pairs
-    donated buffers with results of the same shape in order), and XLA reuses their buffers; where
-    a native kernel runs (``optadam.native_status``) it then updates the moments in place.
+    donated buffers with results of the same shape in order), and XLA reuses their buffers.
+
+    Where a native kernel runs (``optadam.native_status``), ``adam``, ``nadam`` and ``adamw``
+    (without a decay ``mask``) take one pass: one kernel call per dtype reads the gradients and
+    writes the params and both moments in place, with no update buffer, as ``update`` +
+    ``apply_updates`` would compute them (the learning rate and decay are runtime operands, so
+    schedules do not recompile). Anything else -- other transformations, wrappers around these,
+    8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
 
     Example:
       >>> import jax.numpy as jnp, optadam
@@ -26,5 +32,10 @@ def step(
       >>> params
       Array([ 0.9, -1.9], dtype=float32)
     """
+    one_pass = getattr(tx, "one_pass", None)
+    if one_pass is not None:
+        done = one_pass(grads, state, params)
+        if done is not None:
+            return done
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state

@@ -64,6 +64,58 @@ ffi::Future Adam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
                        });
 }
 
+// optadam.step's scalars: Adam's, then −η (the sign as scale_by_learning_rate applies it) and λ.
+template <typename T>
+struct StepScalars {
+  AdamScalars<T> adam;
+  T minus_lr, weight_decay;
+};
+constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step, as the chain computes it followed by
+// optax.apply_updates: u_t from scale_by_adam, then add_decayed_weights' u_t + λ·θ, then
+// scale_by_learning_rate's (−η)·u_t, then θ + that. XLA:CPU fuses those last ops into one loop
+// and contracts each multiply-add into an FMA, as MulAdd does here. No update buffer: θ, m and v
+// are written in place.
+template <typename T, bool kNesterov, bool kDecay>
+void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
+               T* __restrict mu, T* __restrict nu, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    T u = AdamElement<T, kNesterov>(s.adam, g[i], mu[i], nu[i]);
+    if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
+    theta[i] = MulAdd(u, s.minus_lr, theta[i]);           // θ_t = θ_{t-1} + u_t·(−η)
+  }
+}
+
+// Operands: the scalars, then per leaf (g, θ, mu, nu); results per leaf (θ, mu, nu), all three in
+// place (aliased to their operands). Split over the pool as Adam is.
+template <typename T>
+ffi::Future AdamStep(ffi::ThreadPool pool, bool nesterov, bool decay, ffi::RemainingArgs args,
+                     ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  StepScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  if ((args.size() - 1) % 4 != 0 || (args.size() - 1) / 4 * 3 != rets.size()) {
+    return Done(ffi::Error::InvalidArgument("optadam adam step kernel: operand count"));
+  }
+  std::vector<Leaf<T, 4, 3>> leaves(rets.size() / 3);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, 4, 3>(args, rets, leaf, leaves[leaf]); error.failure()) {
+      return Done(error);
+    }
+  }
+  auto step = nesterov ? (decay ? StepRange<T, true, true> : StepRange<T, true, false>)
+                       : (decay ? StepRange<T, false, true> : StepRange<T, false, false>);
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, step](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // mu
+                         Alias(b, 3, 2, begin, end);  // nu
+                         step(s, b.in[0], b.out[0], b.out[1], b.out[2], begin, end);
+                       });
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -77,3 +129,15 @@ ffi::Future Adam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
 
 OPTADAM_ADAM_HANDLER(optadam_adam_f32, float)
 OPTADAM_ADAM_HANDLER(optadam_adam_f64, double)
+
+#define OPTADAM_ADAM_STEP_HANDLER(name, T)                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::AdamStep<T>,             \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("nesterov")             \
+                                    .Attr<bool>("decay")                \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
+
+OPTADAM_ADAM_STEP_HANDLER(optadam_adam_step_f32, float)
+OPTADAM_ADAM_STEP_HANDLER(optadam_adam_step_f64, double)

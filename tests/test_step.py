@@ -1,0 +1,216 @@
+"""``optadam.step``: one pass through the native step kernel for Adam, NAdam and AdamW, the same
+numbers as ``tx.update`` + ``optax.apply_updates``, and that two-call form for everything else.
+
+Each path builds its transformation anew: ``jax.jit`` caches traces per function, so a
+transformation traced on one path keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optadam
+
+SHAPES = {"s": (), "one": (1,), "odd": (7,), "w": (33, 5), "t": (4, 3, 2)}
+STEPS = 15
+ONE_PASS = {
+    "adam": lambda: optadam.adam(0.1),
+    "adam_eps_root": lambda: optadam.adam(0.05, b1=0.5, b2=0.9, eps=0.0, eps_root=1e-6),
+    "nadam": lambda: optadam.nadam(0.1),
+    "adamw": lambda: optadam.adamw(0.1, weight_decay=0.3),
+    "adamw_no_decay": lambda: optadam.adamw(0.1, weight_decay=0.0),
+    "adam_schedule": lambda: optadam.adam(optax.linear_schedule(0.1, 0.01, 5)),
+    "adamw_schedules": lambda: optadam.adamw(
+        optax.cosine_decay_schedule(0.1, 10), weight_decay=optax.linear_schedule(0.3, 0.0, 8)
+    ),
+    "adamw_array_lr": lambda: optadam.adamw(jnp.asarray(0.05), weight_decay=0.1),
+}
+TWO_CALLS = {
+    "adamw_masked": lambda: optadam.adamw(0.1, mask=lambda p: {k: k != "w" for k in p}),
+    "optax_adam": lambda: optax.adam(0.1),
+    "sgd": lambda: optadam.sgd(0.1, momentum=0.9),
+    "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1),
+    "adam_bfloat16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.bfloat16),
+    "adam_8bit": lambda: optadam.adam(0.1, state_bits=8),
+    "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
+}
+
+needs_kernels = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+    reason="no C++ compiler: the kernels cannot be built here",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    yield
+    optadam.set_native_enabled(None)
+
+
+def wide(dtype: str, request: pytest.FixtureRequest) -> None:
+    """x64 for float64 only: with it on, Adam's bias corrections of a traced count are float64,
+    wider than float32 leaves, and the kernels (rightly) leave float32 leaves to XLA."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+
+
+def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def trajectory(
+    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list, donate: bool
+) -> tuple[list, Any, str]:
+    """The params after each jitted step, the final state, and the step's jaxpr."""
+    optadam.set_native_enabled(native)
+    tx = make()
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        if via_step:
+            return optadam.step(tx, g, s, p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+    trail = []
+    for g in grads:
+        p, s = jitted(p, s, g)
+        trail.append(jax.tree.map(np.asarray, p))
+    return trail, s, traced
+
+
+def assert_same(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@needs_kernels
+@pytest.mark.parametrize("donate", [False, True], ids=["kept", "donated"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ONE_PASS)
+def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(
+    name, dtype, donate, request
+):
+    """The step kernel fuses θ + (−η)·(u + λ·θ) as XLA fuses apply_updates after the update: the
+    same FMAs, so the same bits as the kernel-backed two-call form, every step."""
+    wide(dtype, request)
+    optadam.set_native_enabled(True)
+    assert optadam.native_status().enabled
+    rng = np.random.default_rng(0)
+    params = random_tree(rng, dtype)
+    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    one, s_one, traced = trajectory(ONE_PASS[name], True, True, params, grads, donate)
+    two, s_two, traced_two = trajectory(ONE_PASS[name], True, False, params, grads, donate)
+    assert "optadam_adam_step" in traced and "optadam_adam_step" not in traced_two
+    assert traced.count("ffi_call") == 1  # one call for all leaves: no update buffer, no XLA loop
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+    assert jax.tree.structure(s_one) == jax.tree.structure(s_two)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ONE_PASS)
+def test_one_pass_step_matches_xla_path_step_by_step(name, dtype, request):
+    """Against the XLA path (kernels off), from the same params and state each step: moments
+    bitwise in float32, params within 1 ulp of themselves plus the update's own bound (3 float32
+    ulp of the leaf's largest step, 1e-14 of it in float64: tests/test_native.py)."""
+    wide(dtype, request)
+    rng = np.random.default_rng(1)
+    params = random_tree(rng, dtype)
+    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    optadam.set_native_enabled(True)
+    tx_one = ONE_PASS[name]()
+    one = jax.jit(lambda p, s, g: optadam.step(tx_one, g, s, p))
+    optadam.set_native_enabled(False)
+    tx_xla = ONE_PASS[name]()
+    xla = jax.jit(lambda p, s, g: optadam.step(tx_xla, g, s, p))
+    p, s = params, tx_xla.init(params)
+    optadam.set_native_enabled(True)
+    for g in grads:
+        p_one, s_one = one(p, s, g)
+        p_x, s_x = xla(p, s, g)
+        for a, b, old in zip(*(jax.tree.leaves(x) for x in (p_one, p_x, p)), strict=True):
+            a, b, old = np.asarray(a), np.asarray(b), np.asarray(old)
+            largest_step = np.max(np.abs(b - old), initial=0)
+            own = 3 * np.spacing(largest_step) if dtype == "float32" else 1e-14 * largest_step
+            assert np.all(np.abs(a - b) <= np.spacing(np.abs(b)) + own)
+        if dtype == "float32":
+            assert_same(s_one, s_x)
+        p, s = p_x, s_x
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", TWO_CALLS)
+def test_other_transformations_take_update_then_apply_updates(name):
+    optadam.set_native_enabled(True)
+    rng = np.random.default_rng(2)
+    shapes = {**SHAPES, "big": (64, 64)}  # 8-bit state: leaves under 4,096 elements stay float32
+    params = random_tree(rng, jnp.float32, shapes)
+    grads = [random_tree(rng, jnp.float32, shapes) for _ in range(4)]
+    one, s_one, traced = trajectory(TWO_CALLS[name], True, True, params, grads, True)
+    two, s_two, _ = trajectory(TWO_CALLS[name], True, False, params, grads, True)
+    assert "optadam_adam_step" not in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+@needs_kernels
+def test_kernels_off_step_is_update_then_apply_updates():
+    rng = np.random.default_rng(3)
+    params = random_tree(rng, jnp.float32)
+    grads = [random_tree(rng, jnp.float32) for _ in range(3)]
+    one, s_one, traced = trajectory(ONE_PASS["adamw"], False, True, params, grads, False)
+    two, s_two, _ = trajectory(ONE_PASS["adamw"], False, False, params, grads, False)
+    assert "optadam_adam" not in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+@needs_kernels
+def test_nan_inf_gradients_and_params_give_the_two_call_results():
+    optadam.set_native_enabled(True)
+    params = {"w": jnp.array([1.0, jnp.inf, 0.5, -2.0, 0.0]), "b": jnp.array([jnp.nan, 1.0])}
+    grads = [
+        {"w": jnp.array([jnp.nan, 1.0, jnp.inf, -jnp.inf, 0.0]), "b": jnp.array([1.0, 0.0])}
+    ] * 2
+    for make in (ONE_PASS["adamw"], ONE_PASS["adamw_no_decay"], ONE_PASS["nadam"]):
+        one, s_one, traced = trajectory(make, True, True, params, grads, False)
+        two, s_two, _ = trajectory(make, True, False, params, grads, False)
+        assert "optadam_adam_step" in traced
+        assert_same(one, two)
+        assert_same(s_one, s_two)
+
+
+@needs_kernels
+def test_gradient_through_a_step_takes_the_xla_math():
+    """Directly under ``jax.grad`` the step is the XLA path; a one-pass step traced under ``jit``
+    and differentiated later uses the XLA math as its derivative."""
+    rng = np.random.default_rng(4)
+    params = random_tree(rng, jnp.float32)
+    grads = random_tree(rng, jnp.float32)
+
+    def loss(native: bool) -> Any:
+        optadam.set_native_enabled(native)
+        tx = optadam.adamw(0.1, weight_decay=0.3)
+        state = tx.init(params)
+
+        def f(p: Any) -> Any:
+            new, _ = jax.jit(lambda p: optadam.step(tx, grads, state, p))(p)
+            return sum(jnp.sum(x**2) for x in jax.tree.leaves(new))
+
+        return jax.grad(f)(params)
+
+    for a, b in zip(jax.tree.leaves(loss(True)), jax.tree.leaves(loss(False)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
