@@ -10,7 +10,8 @@ the roofline fraction compares like with like).
 
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
 Contenders: optadam (the XLA path; ``optadam_native`` is the same optimizer with the native CPU
-kernels turned on, see ``optadam._native``, and ``optadam_step`` that, written as ``optadam.step``),
+kernels turned on, see ``optadam._native``, and ``optadam_step`` that, written as ``optadam.step``:
+one pass, params and moments in place),
 optadam with small leaves grouped (``optadam.grouped``; only where it finds
 leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, rmsprop, adam,
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``) and bfloat16 moments,
@@ -52,6 +53,7 @@ import numpy as np
 import optax
 
 import optadam
+from optadam._leafwise import with_one_pass
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -108,7 +110,19 @@ def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformatio
         finally:
             optadam.set_native_enabled(None)
 
-    return optax.GradientTransformation(tx.init, update)
+    one_pass = getattr(tx, "one_pass", None)
+    if one_pass is None:
+        return optax.GradientTransformation(tx.init, update)
+
+    def step(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        optadam.set_native_enabled(True)
+        try:
+            return one_pass(grads, state, params)
+        finally:
+            optadam.set_native_enabled(None)
+
+    # optadam.step's one pass (optadam._leafwise.OnePass), with the kernels on too
+    return with_one_pass(optax.GradientTransformationExtraArgs(tx.init, update), step)
 
 
 def resnet50_shapes(width: int = 64) -> Shapes:
