@@ -327,7 +327,7 @@ def native_step(
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
     """
-    if not _native.enabled() or jax.default_backend() != "cpu":
+    if not _native.step_enabled() or jax.default_backend() != "cpu":
         return None
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     try:

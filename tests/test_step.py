@@ -230,3 +230,26 @@ def test_donated_one_pass_step_compiles_to_one_call_and_no_copy():
         assert hlo.count("custom-call(") == 1
         # (a scalar count may be copied; no array is)
         assert not re.search(r"= \w+\[\d[\d,]*\]\S* copy\(", hlo), hlo
+
+
+@needs_kernels
+def test_one_pass_is_on_by_default_for_step_only_and_the_switches_turn_it_off(monkeypatch):
+    params = random_tree(np.random.default_rng(6), jnp.float32)
+    monkeypatch.delenv("OPTADAM_NATIVE", raising=False)
+
+    def traced(via_step: bool) -> str:
+        tx = optadam.adamw(0.1)
+        if via_step:
+            step = lambda p, s, g: optadam.step(tx, g, s, p)  # noqa: E731
+        else:
+            step = lambda p, s, g: tx.update(g, s, p)  # noqa: E731
+        return str(jax.make_jaxpr(step)(params, tx.init(params), params))
+
+    optadam.set_native_enabled(None)
+    assert "optadam_adam_step" in traced(True)
+    assert "optadam_adam" not in traced(False)  # tx.update stays on the XLA path by default
+    monkeypatch.setenv("OPTADAM_NATIVE", "0")
+    assert "optadam_adam" not in traced(True)
+    monkeypatch.delenv("OPTADAM_NATIVE")
+    optadam.set_native_enabled(False)
+    assert "optadam_adam" not in traced(True)

@@ -9,9 +9,11 @@ version, the compiler's version and the CPU (``-march=native``). The cache lives
 writes a temporary file and renames it into place, so processes building at once (``pytest -n``,
 ``jax.distributed``) each see either no library or a whole one.
 
-The kernels are off unless ``OPTADAM_NATIVE=1`` or :func:`set_native_enabled` turns them on (see
-:func:`native_status` for why); no compiler or a failed build leaves them off too, and every
-optimizer on its XLA path; :func:`native_status` says which and why.
+The kernels are off for ``tx.update`` unless ``OPTADAM_NATIVE=1`` or :func:`set_native_enabled`
+turns them on (see :func:`native_status` for why); ``optadam.step``'s one pass is on unless
+``OPTADAM_NATIVE=0`` or ``set_native_enabled(False)`` turns it off. No compiler or a failed
+build leaves them off too, and every optimizer on its XLA path; :func:`native_status` says which
+and why.
 ``OPTADAM_NATIVE_CFLAGS`` appends compiler flags (e.g. sanitizers; see BUILD_NOTES.md).
 """
 
@@ -48,9 +50,9 @@ TARGETS = ("optadam_adam_f32", "optadam_adam_f64", "optadam_adam_step_f32", "opt
 
 
 DEFAULT_OFF = (
-    "off by default: a kernel-backed step is still slower than XLA's fused loops (its update "
-    "is a fresh buffer XLA's step never writes; OPTADAM_NATIVE=1 or "
-    "optadam.set_native_enabled(True) turns it on)"
+    "off by default for tx.update: a kernel-backed update is still slower than XLA's fused loops "
+    "(its update is a fresh buffer XLA's step never writes; OPTADAM_NATIVE=1 or "
+    "optadam.set_native_enabled(True) turns it on); optadam.step's one pass is on by default"
 )
 
 
@@ -100,6 +102,18 @@ def native_status() -> NativeStatus:
 def enabled() -> bool:
     """Cheap check for the leaf-lifting layer: kernels on and loaded."""
     return native_status().enabled
+
+
+def step_enabled() -> bool:
+    """Whether ``optadam.step`` may take its one-pass kernel: as :func:`native_status` says, but
+    on by default -- writing params and moments in place, it beats XLA's fused step where the
+    kernel-backed ``update`` does not (BUILD_NOTES.md, "Native kernels"). ``OPTADAM_NATIVE=0``
+    or ``set_native_enabled(False)`` turns it off too."""
+    if _switched_off is not None:
+        off = _switched_off
+    else:
+        off = os.environ.get("OPTADAM_NATIVE", "") not in ("", "1")
+    return not off and _load().enabled
 
 
 def cache_dir() -> Path:
