@@ -82,10 +82,11 @@ def set_native_enabled(enabled: bool | None) -> None:
 def native_status() -> NativeStatus:
     """Whether the kernels are in use and, if not, why; builds them on first call if needed.
 
-    They are off by default for now: split over XLA's thread pool, a kernel-backed Adam step
-    still took 2.4-2.7x XLA's fused step on a 16.8M-element leaf, most of it in the page faults of
-    the update buffer the kernel writes and XLA's step never materializes (BUILD_NOTES.md,
-    "Native kernels"). ``OPTADAM_NATIVE=1`` or ``set_native_enabled(True)`` turns them on.
+    This is ``tx.update``'s switch, off by default: a kernel-backed update still takes 2.4-2.9x
+    XLA's fused step on a 16.8M-element leaf, most of it in the page faults of the update buffer
+    the kernel writes and XLA's step never materializes (BUILD_NOTES.md, "Native kernels").
+    ``OPTADAM_NATIVE=1`` or ``set_native_enabled(True)`` turns them on. ``optadam.step``'s one
+    pass, which has no update buffer, is on unless turned off (:func:`step_enabled`).
     """
     if _switched_off is not None:
         off, how = _switched_off, "set_native_enabled(False)"
