@@ -20,7 +20,25 @@ from optadam.torch.lr_scheduler._base import (
 )
 
 
-class SequentialLR(Schedule):
+class _Composite(Schedule):
+    """What SequentialLR and ChainedScheduler share: sub-schedulers, kept in ``extra``."""
+
+    schedulers: list[Schedule]
+
+    def group_entries(self):
+        return {k: v for s in self.schedulers for k, v in s.group_entries().items()}
+
+    def undo(self, state):
+        undone = tuple(
+            s.undo(x) for s, x in zip(self.schedulers, state.extra["schedulers"], strict=True)
+        )
+        return state._replace(extra={"schedulers": undone})
+
+    def initial_step(self, state, hp):
+        return self.step(state, hp)
+
+
+class SequentialLR(_Composite):
     """One scheduler after another: at milestone m_i the next one takes over from its epoch 0."""
 
     torch_name = "SequentialLR"
@@ -46,18 +64,6 @@ class SequentialLR(Schedule):
             extra={"schedulers": tuple(states)},
         )
         return state, hp
-
-    def group_entries(self):
-        return {k: v for s in self.schedulers for k, v in s.group_entries().items()}
-
-    def undo(self, state):
-        undone = tuple(
-            s.undo(x) for s, x in zip(self.schedulers, state.extra["schedulers"], strict=True)
-        )
-        return state._replace(extra={"schedulers": undone})
-
-    def initial_step(self, state, hp):
-        return self.step(state, hp)
 
     def step(self, state, hp, metric=None):
         t = state.last_epoch + 1
@@ -100,7 +106,7 @@ class SequentialLR(Schedule):
         return SchedulerState(last_epoch, int_array(0), last_lr, last_lr, {"schedulers": subs})
 
 
-class ChainedScheduler(Schedule):
+class ChainedScheduler(_Composite):
     """Every scheduler steps, in order, each on the LRs the previous one left."""
 
     torch_name = "ChainedScheduler"
@@ -118,18 +124,6 @@ class ChainedScheduler(Schedule):
             int_array(0), int_array(0), hp["lr"], hp["lr"], {"schedulers": tuple(states)}
         )
         return state, hp
-
-    def group_entries(self):
-        return {k: v for s in self.schedulers for k, v in s.group_entries().items()}
-
-    def undo(self, state):
-        undone = tuple(
-            s.undo(x) for s, x in zip(self.schedulers, state.extra["schedulers"], strict=True)
-        )
-        return state._replace(extra={"schedulers": undone})
-
-    def initial_step(self, state, hp):
-        return self.step(state, hp)
 
     def step(self, state, hp, metric=None):
         states = []
