@@ -16,13 +16,21 @@ rounding) or as block-wise 8-bit codes (``state_bits=8``); see ``optadam._quanti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import optax
 
 from optadam import _checks, _dtypes, _quantize
-from optadam._leafwise import map_leaves, safe_increment, zero_count
+from optadam._leafwise import (
+    Kernel,
+    map_leaves,
+    native_step,
+    safe_increment,
+    with_one_pass,
+    zero_count,
+)
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -93,8 +101,9 @@ def scale_by_momentum(
 
         t = None if state.count is None else safe_increment(state.count)
         rounding = None if t is None else _quantize.rounding_seed(t, "momentum")
+        native = Kernel("momentum", (decay,), (("nesterov", nesterov),))
         updates, trace = map_leaves(
-            moments, direction, updates, state.trace, rounding_seed=rounding
+            moments, direction, updates, state.trace, rounding_seed=rounding, kernel=native
         )
         return updates, ScaleByMomentumState(trace=trace, count=t)
 
@@ -139,7 +148,7 @@ def sgd(
             "state_bits and stochastic_rounding store the momentum trace: they need momentum, "
             "got momentum=None (plain SGD keeps no state)"
         )
-    return optax.chain(
+    tx = optax.chain(
         (
             optax.identity()
             if momentum is None
@@ -154,6 +163,46 @@ def sgd(
         ),
         scale_by_learning_rate(learning_rate),
     )
+    if momentum is None:
+        return tx
+    return with_one_pass(tx, _momentum_one_pass(momentum, nesterov, learning_rate))
+
+
+def _momentum_one_pass(
+    decay: Any, nesterov: bool, learning_rate: optax.ScalarOrSchedule
+) -> Callable[[Any, Any, Any], tuple[Any, Any] | None]:
+    """``optadam.step``'s one pass for ``chain(scale_by_momentum, scale_by_learning_rate)``: the
+    native step kernel with the chain's scalars, each state advanced as its transformation
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
+    bfloat16 trace, kernels off (``optadam._leafwise.native_step``)."""
+
+    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        if not isinstance(state, tuple) or len(state) != 2:
+            return None
+        momentum_state, lr_state = state
+        if not isinstance(momentum_state, ScaleByMomentumState):
+            return None
+        if callable(learning_rate):
+            minus_lr = -learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
+        else:
+            minus_lr = -learning_rate
+        kernel = Kernel("momentum", (decay, minus_lr), (("nesterov", nesterov),))
+
+        def xla(g: Any, p: Any, trace: Any) -> list[Any]:
+            trace = g + decay * trace
+            u = g + decay * trace if nesterov else trace
+            return [(p + u * minus_lr).astype(p.dtype), trace]
+
+        done = native_step(kernel, xla, grads, params, momentum_state.trace)
+        if done is None:
+            return None
+        new_params, trace = done
+        count = momentum_state.count
+        t = None if count is None else safe_increment(count)
+        return new_params, (ScaleByMomentumState(trace=trace, count=t), lr_state)
+
+    return one_pass
 
 
 def momentum(

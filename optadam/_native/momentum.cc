@@ -1,0 +1,119 @@
+// Momentum, heavy-ball and Nesterov, each element in one pass: optadam/momentum.py's
+// scale_by_momentum (its moments, then its direction) transcribed line for line, with the same
+// names and order. The Python stays the definition; tests/test_native.py holds this file to it.
+#include "leaves.h"
+
+namespace optadam {
+namespace {
+
+// This step's runtime scalars, in the order scale_by_momentum lists them for its Kernel.
+template <typename T>
+struct MomentumScalars {
+  T decay;  // β
+};
+constexpr size_t kMomentumScalars = sizeof(MomentumScalars<float>) / sizeof(float);
+
+// One element of scale_by_momentum's update; `trace` is updated in place, `u_t` returned.
+template <typename T, bool kNesterov>
+inline T MomentumElement(const MomentumScalars<T>& s, T g, T& trace) {
+  trace = MulAdd(s.decay, trace, g);  // trace_t = g_t + β · trace_{t-1}
+  return kNesterov ? MulAdd(s.decay, trace, g)  // u_t = g_t + β · trace_t
+                   : trace;                     // u_t = trace_t
+}
+
+// Elements [begin, end) of one leaf: the direction u_t to a fresh buffer, the trace in place.
+template <typename T, bool kNesterov>
+void MomentumRange(const MomentumScalars<T>& s, const T* __restrict g, T* __restrict trace,
+                   T* __restrict u, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) u[i] = MomentumElement<T, kNesterov>(s, g[i], trace[i]);
+}
+
+// Operands: the scalars, then per leaf (g, trace); results per leaf (u, trace), the trace in
+// place. Split over XLA's thread pool as adam.cc's kernels are (InParallel).
+template <typename T>
+ffi::Future Momentum(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+                     ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kMomentumScalars);
+  if (packed.has_error()) return Done(packed.error());
+  MomentumScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  if ((args.size() - 1) % 2 != 0 || args.size() - 1 != rets.size()) {
+    return Done(ffi::Error::InvalidArgument("optadam momentum kernel: operand count"));
+  }
+  std::vector<Leaf<T, 2, 2>> leaves(rets.size() / 2);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, 2, 2>(args, rets, leaf, leaves[leaf]); error.failure()) {
+      return Done(error);
+    }
+  }
+  auto update = nesterov ? MomentumRange<T, true> : MomentumRange<T, false>;
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 1, begin, end);  // trace
+                         update(s, b.in[0], b.out[1], b.out[0], begin, end);
+                       });
+}
+
+// optadam.step's scalars: Momentum's, then −η (the sign as scale_by_learning_rate applies it).
+template <typename T>
+struct MomentumStepScalars {
+  MomentumScalars<T> momentum;
+  T minus_lr;
+};
+constexpr size_t kMomentumStepScalars = sizeof(MomentumStepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step, as sgd's chain computes it followed by
+// optax.apply_updates: u_t from scale_by_momentum, then scale_by_learning_rate's (−η)·u_t, then
+// θ + that, which XLA:CPU fuses into one loop and contracts into an FMA, as MulAdd does here. No
+// update buffer: θ and the trace are written in place.
+template <typename T, bool kNesterov>
+void MomentumStepRange(const MomentumStepScalars<T>& s, const T* __restrict g,
+                       T* __restrict theta, T* __restrict trace, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    T u = MomentumElement<T, kNesterov>(s.momentum, g[i], trace[i]);
+    theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
+  }
+}
+
+// Operands: the scalars, then per leaf (g, θ, trace); results per leaf (θ, trace), both in place
+// (aliased to their operands). Split over the pool as Momentum is.
+template <typename T>
+ffi::Future MomentumStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kMomentumStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  MomentumStepScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  if ((args.size() - 1) % 3 != 0 || (args.size() - 1) / 3 * 2 != rets.size()) {
+    return Done(ffi::Error::InvalidArgument("optadam momentum step kernel: operand count"));
+  }
+  std::vector<Leaf<T, 3, 2>> leaves(rets.size() / 2);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, 3, 2>(args, rets, leaf, leaves[leaf]); error.failure()) {
+      return Done(error);
+    }
+  }
+  auto step = nesterov ? MomentumStepRange<T, true> : MomentumStepRange<T, false>;
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, step](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // trace
+                         step(s, b.in[0], b.out[0], b.out[1], begin, end);
+                       });
+}
+
+}  // namespace
+}  // namespace optadam
+
+#define OPTADAM_MOMENTUM_HANDLER(name, function, T)                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, function<T>,                      \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("nesterov")             \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
+
+OPTADAM_MOMENTUM_HANDLER(optadam_momentum_f32, optadam::Momentum, float)
+OPTADAM_MOMENTUM_HANDLER(optadam_momentum_f64, optadam::Momentum, double)
+OPTADAM_MOMENTUM_HANDLER(optadam_momentum_step_f32, optadam::MomentumStep, float)
+OPTADAM_MOMENTUM_HANDLER(optadam_momentum_step_f64, optadam::MomentumStep, double)
