@@ -1,0 +1,227 @@
+"""The native Momentum kernel (optadam/_native/momentum.cc) against the XLA path, which stays the
+definition: ``scale_by_momentum``'s update through ``tx.update``, and ``optadam.step``'s one pass
+for ``sgd(momentum=...)`` and ``momentum()``; and every way of falling back to the XLA path.
+
+Each comparison builds the transformation anew for each path: ``jax.jit`` caches traces per
+function, so a transformation traced on one path keeps it. Momentum has no division: the kernel
+places its fused multiply-adds where XLA:CPU contracts them, so float32 results are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optadam
+
+SHAPES = {"s": (), "one": (1,), "odd": (7,), "w": (33, 5), "t": (4, 3, 2)}
+BIG = {**SHAPES, "big": (300, 301)}  # over 2^16 elements: split over the thread pool
+STEPS = 40
+FAMILY = {
+    "heavy_ball": lambda: optadam.sgd(0.1, momentum=0.9),
+    "nesterov": lambda: optadam.sgd(0.1, momentum=0.9, nesterov=True),
+    "small_decay": lambda: optadam.sgd(0.03, momentum=0.3, nesterov=True),
+    "zero_decay": lambda: optadam.sgd(0.1, momentum=0.0),
+    "momentum": lambda: optadam.momentum(0.05, beta=0.95),
+    "momentum_nesterov": lambda: optadam.momentum(0.05, beta=0.95, nesterov=True),
+    "schedule": lambda: optadam.sgd(optax.linear_schedule(0.1, 0.01, 10), momentum=0.9),
+    "array_lr": lambda: optadam.sgd(jnp.asarray(0.05), momentum=0.8, nesterov=True),
+}
+KERNEL, STEP_KERNEL = "optadam_momentum_f", "optadam_momentum_step_f"
+
+needs_kernels = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+    reason="no C++ compiler: the kernels cannot be built here",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    yield
+    optadam.set_native_enabled(None)
+
+
+def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def updates_path(make: Callable[[], Any], native: bool, params: Any, grads: list) -> tuple:
+    """Every update and the final state of jitted ``tx.update`` calls, and the traced jaxpr."""
+    optadam.set_native_enabled(native)
+    tx = make()
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    updates = []
+    for g in grads:
+        u, state = update(g, state, params)
+        updates.append(u)
+    traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
+    return updates, state, traced
+
+
+def trajectory(make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list):
+    """The params after each jitted step (donated), the final state, and the step's jaxpr."""
+    optadam.set_native_enabled(native)
+    tx = make()
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        if via_step:
+            return optadam.step(tx, g, s, p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+    trail = []
+    for g in grads:
+        p, s = jitted(p, s, g)
+        trail.append(jax.tree.map(np.asarray, p))
+    return trail, s, traced
+
+
+def assert_same(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_close_f64(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        scale = float(np.max(np.abs(np.asarray(y)), initial=0))
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-14, atol=1e-14 * scale)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FAMILY)
+def test_momentum_kernel_update_equals_xla_path_bitwise_float32(name: str):
+    optadam.set_native_enabled(True)
+    assert optadam.native_status().enabled
+    rng = np.random.default_rng(0)
+    params = random_tree(rng, jnp.float32, BIG)
+    grads = [random_tree(rng, jnp.float32, BIG) for _ in range(STEPS)]
+    u_k, s_k, traced_k = updates_path(FAMILY[name], True, params, grads)
+    u_x, s_x, traced_x = updates_path(FAMILY[name], False, params, grads)
+    assert KERNEL in traced_k and "optadam_momentum" not in traced_x
+    assert traced_k.count("ffi_call") == 1  # one call for all leaves of the dtype
+    assert_same(u_k, u_x)
+    assert_same(s_k, s_x)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FAMILY)
+def test_momentum_kernel_update_matches_xla_path_float64(name: str, x64):
+    rng = np.random.default_rng(1)
+    params = random_tree(rng, jnp.float64)
+    grads = [random_tree(rng, jnp.float64) for _ in range(STEPS)]
+    u_k, s_k, traced_k = updates_path(FAMILY[name], True, params, grads)
+    u_x, s_x, _ = updates_path(FAMILY[name], False, params, grads)
+    assert KERNEL + "64" in traced_k
+    assert_close_f64((u_k, s_k), (u_x, s_x))
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FAMILY)
+def test_one_pass_step_equals_update_then_apply_updates_bitwise_float32(name: str):
+    """With kernels on (one pass vs the kernel-backed two calls) and against the XLA path."""
+    rng = np.random.default_rng(2)
+    params = random_tree(rng, jnp.float32, BIG)
+    grads = [random_tree(rng, jnp.float32, BIG) for _ in range(STEPS)]
+    one, s_one, traced = trajectory(FAMILY[name], True, True, params, grads)
+    two, s_two, traced_two = trajectory(FAMILY[name], True, False, params, grads)
+    xla, s_xla, traced_xla = trajectory(FAMILY[name], False, False, params, grads)
+    assert STEP_KERNEL in traced and traced.count("ffi_call") == 1
+    assert STEP_KERNEL not in traced_two and "optadam_momentum" not in traced_xla
+    for other, s_other in ((two, s_two), (xla, s_xla)):
+        assert_same(one, other)
+        assert_same(s_one, s_other)
+        assert jax.tree.structure(s_one) == jax.tree.structure(s_other)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FAMILY)
+def test_one_pass_step_matches_xla_path_float64(name: str, x64):
+    rng = np.random.default_rng(3)
+    params = random_tree(rng, jnp.float64)
+    grads = [random_tree(rng, jnp.float64) for _ in range(STEPS)]
+    one, s_one, traced = trajectory(FAMILY[name], True, True, params, grads)
+    xla, s_xla, _ = trajectory(FAMILY[name], False, False, params, grads)
+    assert STEP_KERNEL + "64" in traced
+    assert_close_f64((one, s_one), (xla, s_xla))
+
+
+@needs_kernels
+def test_nan_and_inf_give_the_xla_path_results():
+    params = {"w": jnp.array([1.0, jnp.inf, 0.5, -2.0, 0.0]), "b": jnp.array([jnp.nan, 1.0])}
+    grads = [
+        {"w": jnp.array([jnp.nan, 1.0, jnp.inf, -jnp.inf, 0.0]), "b": jnp.array([1.0, 0.0])}
+    ] * 3
+    for make in (FAMILY["heavy_ball"], FAMILY["nesterov"]):
+        u_k, s_k, traced = updates_path(make, True, params, grads)
+        u_x, s_x, _ = updates_path(make, False, params, grads)
+        assert KERNEL in traced
+        assert_same((u_k, s_k), (u_x, s_x))
+        one, s_one, traced = trajectory(make, True, True, params, grads)
+        xla, s_xla, _ = trajectory(make, False, False, params, grads)
+        assert STEP_KERNEL in traced
+        assert_same((one, s_one), (xla, s_xla))
+
+
+LEAN = {
+    "bfloat16_trace": lambda: optadam.sgd(0.1, momentum=0.9, accumulator_dtype=jnp.bfloat16),
+    "stochastic_rounding": lambda: optadam.sgd(
+        0.1, momentum=0.9, accumulator_dtype=jnp.bfloat16, stochastic_rounding=True
+    ),
+    "8bit_trace": lambda: optadam.sgd(0.1, momentum=0.9, nesterov=True, state_bits=8),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", LEAN)
+def test_bfloat16_and_8bit_trace_take_the_xla_path(name: str):
+    rng = np.random.default_rng(4)
+    shapes = {**SHAPES, "big": (64, 64)}  # 8-bit state: leaves under 4,096 elements stay float32
+    params = random_tree(rng, jnp.float32, shapes)
+    grads = [random_tree(rng, jnp.float32, shapes) for _ in range(4)]
+    one, s_one, traced = trajectory(LEAN[name], True, True, params, grads)
+    two, s_two, _ = trajectory(LEAN[name], False, False, params, grads)
+    assert STEP_KERNEL not in traced
+    assert_same((one, s_one), (two, s_two))
+    _, _, traced_update = updates_path(LEAN[name], True, params, grads[:1])
+    if name == "8bit_trace":  # the small leaves keep a float32 trace: those take the kernel
+        assert traced_update.count("ffi_call") == 1
+    else:
+        assert "optadam_momentum" not in traced_update
+
+
+@needs_kernels
+def test_kernels_off_and_plain_sgd_take_the_xla_path(monkeypatch):
+    params = random_tree(np.random.default_rng(5), jnp.float32)
+
+    def traced(make: Callable[[], Any], via_step: bool) -> str:
+        tx = make()
+        if via_step:
+            step = lambda p, s, g: optadam.step(tx, g, s, p)  # noqa: E731
+        else:
+            step = lambda p, s, g: tx.update(g, s, p)  # noqa: E731
+        return str(jax.make_jaxpr(step)(params, tx.init(params), params))
+
+    monkeypatch.delenv("OPTADAM_NATIVE", raising=False)
+    optadam.set_native_enabled(None)
+    assert STEP_KERNEL in traced(FAMILY["nesterov"], True)  # step's one pass is on by default
+    assert "optadam_momentum" not in traced(FAMILY["nesterov"], False)  # update's is not
+    monkeypatch.setenv("OPTADAM_NATIVE", "0")
+    assert "optadam_momentum" not in traced(FAMILY["nesterov"], True)
+    monkeypatch.setenv("OPTADAM_NATIVE", "1")
+    assert "optadam_momentum" not in traced(lambda: optadam.sgd(0.1), True)  # no trace to keep
+    wrapped = lambda: optax.chain(optax.clip(1.0), optadam.sgd(0.1, momentum=0.9))  # noqa: E731
+    assert STEP_KERNEL not in traced(wrapped, True)
+    optadam.set_native_enabled(False)
+    assert "optadam_momentum" not in traced(FAMILY["heavy_ball"], True)
