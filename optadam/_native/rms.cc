@@ -52,20 +52,6 @@ void UpdateRange(const RmsScalars<T>& s, const T* __restrict g, T* __restrict mu
   }
 }
 
-template <typename T>
-using RmsRange = void (*)(const RmsScalars<T>&, const T*, T*, T*, T*, size_t, size_t);
-
-template <typename T, template <typename, bool, bool> class F>
-auto Pick(bool centered, bool eps_in_sqrt) {
-  return centered ? (eps_in_sqrt ? F<T, true, true>::run : F<T, true, false>::run)
-                  : (eps_in_sqrt ? F<T, false, true>::run : F<T, false, false>::run);
-}
-
-template <typename T, bool kCentered, bool kEpsInSqrt>
-struct Update {
-  static constexpr RmsRange<T> run = UpdateRange<T, kCentered, kEpsInSqrt>;
-};
-
 // The leaves of one call, `kIns` inputs and `kOuts` results each.
 template <typename T, int kIns, int kOuts>
 ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
@@ -92,7 +78,9 @@ ffi::Future Rms(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, ffi::Rema
   if (packed.has_error()) return Done(packed.error());
   RmsScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  auto update = Pick<T, Update>(centered, eps_in_sqrt);
+  auto update = centered
+                    ? (eps_in_sqrt ? UpdateRange<T, true, true> : UpdateRange<T, true, false>)
+                    : (eps_in_sqrt ? UpdateRange<T, false, true> : UpdateRange<T, false, false>);
   if (centered) {
     std::vector<Leaf<T, 3, 3>> leaves;
     if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
@@ -134,14 +122,6 @@ void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict the
   }
 }
 
-template <typename T>
-using StepRangeFn = void (*)(const StepScalars<T>&, const T*, T*, T*, T*, size_t, size_t);
-
-template <typename T, bool kCentered, bool kEpsInSqrt>
-struct Step {
-  static constexpr StepRangeFn<T> run = StepRange<T, kCentered, kEpsInSqrt>;
-};
-
 // Operands: the scalars, then per leaf (g, θ, nu), or (g, θ, mu, nu) when centered; results per
 // leaf (θ, nu) or (θ, mu, nu), all in place.
 template <typename T>
@@ -151,7 +131,8 @@ ffi::Future RmsStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
   if (packed.has_error()) return Done(packed.error());
   StepScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  auto step = Pick<T, Step>(centered, eps_in_sqrt);
+  auto step = centered ? (eps_in_sqrt ? StepRange<T, true, true> : StepRange<T, true, false>)
+                       : (eps_in_sqrt ? StepRange<T, false, true> : StepRange<T, false, false>);
   if (centered) {
     std::vector<Leaf<T, 4, 3>> leaves;
     if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
