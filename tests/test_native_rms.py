@@ -103,13 +103,46 @@ def rms_states(state: Any) -> Any:
     return state[0]  # rmsprop is chain(scale_by_rms, scale_by_learning_rate, ...)
 
 
+def lockstep(
+    make: Callable[[], Any], via_step: bool, params: Any, grads: list
+) -> tuple[list[tuple[Any, Any]], str, str]:
+    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
+    ``(output, state)`` (native, XLA), where output is the update or (``via_step``) the new
+    params; and both jaxprs. The kernels' switch is read where a function is traced, so each
+    path is compiled under its own setting."""
+
+    def compiled(native: bool | None) -> tuple[Any, Any, str]:
+        optadam.set_native_enabled(native)
+        tx = make()
+
+        def step(p: Any, s: Any, g: Any) -> Any:
+            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
+
+        s = tx.init(params)
+        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
+
+    s, native, traced = compiled(None if via_step else True)
+    _, xla, traced_xla = compiled(False)
+    p, pairs = params, []
+    for g in grads:
+        out_native, s_native = native(p, s, g)
+        out_xla, s_xla = xla(p, s, g)
+        pairs.append(((out_native, s_native), (out_xla, s_xla)))
+        s = s_xla
+        if via_step:
+            p = out_xla
+    return pairs, traced, traced_xla
+
+
 @needs_kernels
 @pytest.mark.parametrize("lr", LEARNING_RATES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", OPTIONS)
 def test_kernel_update_matches_xla_path(name, dtype, lr, request):
-    """tx.update with the kernel (OPTADAM_NATIVE=1's switch) against the XLA path over many
-    steps: moments bitwise, params within the direction's bound (eps outside the root: bitwise)."""
+    """tx.update with the kernel (OPTADAM_NATIVE=1's switch) against the XLA path, step after
+    step from the same state: moments bitwise, the update within the direction's bound (ε outside
+    the root: bitwise)."""
     if dtype == "float64":
         request.getfixturevalue("x64")
     rng = np.random.default_rng(0)
@@ -119,15 +152,14 @@ def test_kernel_update_matches_xla_path(name, dtype, lr, request):
     def make():
         return optadam.rmsprop(LEARNING_RATES[lr], **OPTIONS[name])
 
-    native, s_native, traced = trajectory(make, True, False, params, grads)
-    xla, s_xla, traced_xla = trajectory(make, False, False, params, grads)
+    pairs, traced, traced_xla = lockstep(make, False, params, grads)
     assert traced.count("optadam_rms_f") == 1 and "optadam_rms" not in traced_xla
-    assert_same(rms_states(s_native), rms_states(s_xla))
-    if not OPTIONS[name].get("eps_in_sqrt", True):
-        assert_same(native, xla)
-    else:
-        for a, b in zip(native, xla, strict=True):
-            assert_close(a, b, dtype)
+    for (u, s), (u_xla, s_xla) in pairs:
+        assert_same(rms_states(s), rms_states(s_xla))
+        if OPTIONS[name].get("eps_in_sqrt", True):
+            assert_close(u, u_xla, dtype)
+        else:
+            assert_same(u, u_xla)
 
 
 @needs_kernels
@@ -159,7 +191,9 @@ def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(name, dty
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", OPTIONS)
 def test_one_pass_step_matches_xla_path(name, dtype, request):
-    """The default step (one pass on) against kernels off, many steps."""
+    """The default step (one pass on) against kernels off, step after step from the same params
+    and state: moments bitwise; params within 1 ulp of themselves plus the direction's bound on
+    the step they took (bitwise with ε outside the root)."""
     if dtype == "float64":
         request.getfixturevalue("x64")
     rng = np.random.default_rng(2)
@@ -169,13 +203,25 @@ def test_one_pass_step_matches_xla_path(name, dtype, request):
     def make():
         return optadam.rmsprop(0.01, **OPTIONS[name])
 
-    optadam.set_native_enabled(None)  # the default: one pass on for step
-    one, s_one, traced = trajectory(make, None, True, params, grads)  # type: ignore[arg-type]
-    xla, s_xla, traced_xla = trajectory(make, False, False, params, grads)
+    pairs, traced, traced_xla = lockstep(make, True, params, grads)
     assert "optadam_rms_step" in traced and "optadam_rms" not in traced_xla
-    assert_same(rms_states(s_one), rms_states(s_xla))
-    for a, b in zip(one, xla, strict=True):
-        assert_close(a, b, dtype)
+    before = params
+    for (p, s), (p_xla, s_xla) in pairs:
+        assert_same(rms_states(s), rms_states(s_xla))
+        if not OPTIONS[name].get("eps_in_sqrt", True):
+            assert_same(p, p_xla)
+        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
+            x, y, y0 = np.asarray(x), np.asarray(y), np.asarray(y0)
+            finite = np.isfinite(y) & np.isfinite(y0)
+            np.testing.assert_array_equal(x[~finite], y[~finite])
+            top = np.max(np.abs(y[finite]), initial=0)
+            moved = np.max(np.abs(y[finite] - y0[finite]), initial=0)
+            if dtype == "float32":
+                atol = np.spacing(np.float32(top)) + 3 * np.spacing(np.float32(moved))
+            else:
+                atol = 1e-14 * (top + moved)
+            np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+        before = p_xla
 
 
 @needs_kernels
