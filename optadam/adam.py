@@ -79,6 +79,25 @@ def adam_mu_hat(g: Any, mu: Any, b1: Any, c1: Any, c1_next: Any, nesterov: bool)
     return b1 * (mu / c1_next) + (1 - b1) * (g / c1) if nesterov else mu / c1
 
 
+def adam_direction(
+    g: Any,
+    mu: Any,
+    nu: Any,
+    b1: Any,
+    eps: Any,
+    eps_root: Any,
+    c1: Any,
+    c2: Any,
+    c1_next: Any,
+    nesterov: bool,
+) -> Any:
+    """Adam's step direction from the new moments (``c1``, ``c2``, ``c1_next``: the bias
+    corrections of :func:`adam_bias_corrections`)."""
+    mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)  # m̂_t
+    nu_hat = nu / c2  # v̂_t = v_t / (1 − β2^t)
+    return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)  # u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
+
+
 def init_moments(
     params: optax.Params,
     mu_dtype: Any,
@@ -171,9 +190,7 @@ def scale_by_adam(
             return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
-            mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)
-            nu_hat = nu / c2
-            return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
+            return adam_direction(g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov)
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
@@ -454,8 +471,7 @@ def _adam_one_pass(
 
         def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
             mu, nu = adam_moments(g, mu, nu, b1, b2)
-            mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)
-            u = mu_hat / (jnp.sqrt(nu / c2 + eps_root) + eps)
+            u = adam_direction(g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov)
             if decays:
                 u = u + wd * p
             return [(p + u * minus_lr).astype(p.dtype), mu, nu]
