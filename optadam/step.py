@@ -19,10 +19,11 @@ def step(
 
     Where a native kernel runs (``optadam.native_status``), ``adam``, ``nadam`` and ``adamw``
     (without a decay ``mask``) take one pass, and so does ``rmsprop`` (without ``momentum``): one
-    kernel call per dtype reads the gradients and writes the params and the moments in place, with no update buffer, as ``update`` +
-    ``apply_updates`` would compute them (the learning rate and decay are runtime operands, so
-    schedules do not recompile). Anything else -- other transformations, wrappers around these,
-    8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
+    kernel call per dtype reads the gradients and writes the params and the moments in place, with
+    no update buffer, as ``update`` + ``apply_updates`` would compute them (the learning rate and
+    decay are runtime operands, so schedules do not recompile). Anything else -- other
+    transformations, wrappers around these, 8-bit or bfloat16 state, kernels off -- takes ``update``
+    + ``apply_updates``.
 
     Example:
       >>> import jax.numpy as jnp, optadam
