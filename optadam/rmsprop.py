@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _dtypes, _quantize
-from optadam._leafwise import abs_sq, map_leaves, safe_increment, zero_count
+from optadam._leafwise import (
+    Kernel,
+    abs_sq,
+    map_leaves,
+    native_step,
+    safe_increment,
+    with_one_pass,
+    zero_count,
+)
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.momentum import scale_by_momentum
 
@@ -35,6 +43,37 @@ class ScaleByRmsState(NamedTuple):
     count: jax.Array | None  # type: ignore[assignment]
     mu: optax.Updates | None  # μ_t: EMA of gradients; only when centered
     nu: optax.Updates  # ν_t: EMA of |g|², real, at least float32 unless nu_dtype
+
+
+def rms_nu(g: Any, nu: Any, decay: Any) -> Any:
+    """ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²."""
+    return decay * nu + (1 - decay) * abs_sq(g)
+
+
+def rms_mu(g: Any, mu: Any, decay: Any) -> Any:
+    """μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t (centered only)."""
+    return decay * mu + (1 - decay) * g
+
+
+def rms_direction(g: Any, mu: Any, nu: Any, c: Any, eps: Any, eps_in_sqrt: bool) -> Any:
+    """u_t = g_t / sqrt(var + ε) or g_t / (sqrt(var) + ε), var = ν_t / c, less |μ_t / c|² when
+    centered (``mu`` not None); ``c`` is the bias correction 1 − ρ^t, or 1."""
+    var = nu / c
+    if mu is not None:
+        # max(., 0): rounding can leave ν̂ − |μ̂|² a hair below 0 (e.g. decay 0), and its
+        # root NaN, where the variance is really 0.
+        var = jnp.maximum(var - abs_sq(mu / c), 0)
+    scale = jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
+    return scale * g
+
+
+def rms_scalars(decay: Any, eps: Any, c: Any) -> tuple[Any, ...]:
+    """The runtime scalars of the native RMSProp kernel, in its C++ struct's order."""
+    return (decay, 1 - decay, eps, c)
+
+
+def rms_options(centered: bool, eps_in_sqrt: bool) -> tuple[tuple[str, bool], ...]:
+    return (("centered", centered), ("eps_in_sqrt", eps_in_sqrt))
 
 
 def scale_by_rms(
@@ -90,9 +129,6 @@ def scale_by_rms(
     # The step count seeds bfloat16 stochastic rounding and the 8-bit ν's (always stochastic).
     seeded = stochastic_rounding or state_bits is not None
 
-    def scale(var: jax.Array) -> jax.Array:
-        return jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
-
     def init_fn(params: optax.Params) -> ScaleByRmsState:
         nu = _quantize.moments_like(
             params,
@@ -121,21 +157,20 @@ def scale_by_rms(
             rounding = _quantize.rounding_seed(t, "rms")
 
         def plain_moments(g: Any, nu: Any) -> tuple[Any, ...]:
-            return (decay * nu + (1 - decay) * abs_sq(g),)
+            return (rms_nu(g, nu, decay),)
 
         def plain_direction(g: Any, nu: Any) -> Any:
-            return scale(nu / c) * g
+            return rms_direction(g, None, nu, c, eps, eps_in_sqrt)
 
         def centered_moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            nu = decay * nu + (1 - decay) * abs_sq(g)
-            mu = decay * mu + (1 - decay) * g
+            nu = rms_nu(g, nu, decay)
+            mu = rms_mu(g, mu, decay)
             return mu, nu
 
         def centered_direction(g: Any, mu: Any, nu: Any) -> Any:
-            # max(., 0): rounding can leave ν̂ − |μ̂|² a hair below 0 (e.g. decay 0), and its
-            # root NaN, where the variance is really 0.
-            return scale(jnp.maximum(nu / c - abs_sq(mu / c), 0)) * g
+            return rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
 
+        native = Kernel("rms", rms_scalars(decay, eps, c), rms_options(centered, eps_in_sqrt))
         mu = None
         if centered:
             updates, mu, nu = map_leaves(
@@ -145,10 +180,16 @@ def scale_by_rms(
                 state.mu,
                 state.nu,
                 rounding_seed=rounding,
+                kernel=native,
             )
         else:
             updates, nu = map_leaves(
-                plain_moments, plain_direction, updates, state.nu, rounding_seed=rounding
+                plain_moments,
+                plain_direction,
+                updates,
+                state.nu,
+                rounding_seed=rounding,
+                kernel=native,
             )
         return updates, ScaleByRmsState(count=t, mu=mu, nu=nu)
 
@@ -211,7 +252,7 @@ def rmsprop(
         if momentum is None
         else scale_by_momentum(momentum, nesterov, mu_dtype, **lean)
     )
-    return optax.chain(
+    tx = optax.chain(
         scale_by_rms(
             decay,
             eps,
@@ -226,3 +267,57 @@ def rmsprop(
         scale_by_learning_rate(learning_rate),
         trace,
     )
+    if momentum is not None:  # a momentum trace: update + apply_updates
+        return tx
+    return with_one_pass(
+        tx, _rms_one_pass(decay, eps, eps_in_sqrt, bias_correction, centered, learning_rate)
+    )
+
+
+def _rms_one_pass(
+    decay: Any,
+    eps: Any,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    centered: bool,
+    learning_rate: optax.ScalarOrSchedule,
+) -> Any:
+    """``optadam.step``'s one pass for ``chain(scale_by_rms, scale_by_learning_rate, identity)``:
+    the native step kernel with the chain's scalars, each state advanced as its transformation
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
+    bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+
+    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        if not isinstance(state, tuple) or len(state) != 3:
+            return None
+        rms_state, lr_state, trace_state = state
+        if not isinstance(rms_state, ScaleByRmsState):
+            return None
+        t = None if rms_state.count is None else safe_increment(rms_state.count)
+        c = 1 - decay**t if t is not None and bias_correction else 1
+        if callable(learning_rate):
+            minus_lr = -learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
+        else:
+            minus_lr = -learning_rate
+        kernel = Kernel(
+            "rms", (*rms_scalars(decay, eps, c), minus_lr), rms_options(centered, eps_in_sqrt)
+        )
+
+        def xla(g: Any, p: Any, *moments: Any) -> list[Any]:
+            nu = rms_nu(g, moments[-1], decay)
+            mu = rms_mu(g, moments[0], decay) if centered else None
+            u = rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
+            new = [nu] if mu is None else [mu, nu]
+            return [(p + u * minus_lr).astype(p.dtype), *new]
+
+        moments = (rms_state.nu,) if not centered else (rms_state.mu, rms_state.nu)
+        done = native_step(kernel, xla, grads, params, *moments)
+        if done is None:
+            return None
+        new_params, *new = done
+        mu, nu = (None, new[0]) if not centered else (new[0], new[1])
+        new_rms = ScaleByRmsState(count=t, mu=mu, nu=nu)
+        return new_params, (new_rms, lr_state, trace_state)
+
+    return one_pass

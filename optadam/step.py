@@ -18,12 +18,12 @@ def step(
     donated buffers with results of the same shape in order), and XLA reuses their buffers.
 
     Where a native kernel runs (``optadam.native_status``), ``adam``, ``nadam`` and ``adamw``
-    (without a decay ``mask``), and ``sgd`` with ``momentum`` and ``momentum`` (their trace in
-    place of the moments), take one pass: one kernel call per dtype reads the gradients and
-    writes the params and both moments in place, with no update buffer, as ``update`` +
-    ``apply_updates`` would compute them (the learning rate and decay are runtime operands, so
-    schedules do not recompile). Anything else -- other transformations, wrappers around these,
-    8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
+    (without a decay ``mask``), ``sgd`` with ``momentum`` and ``momentum`` (their trace in place
+    of the moments), and ``rmsprop`` without ``momentum`` take one pass: one kernel call per dtype
+    reads the gradients and writes the params and the moments in place, with no update buffer, as
+    ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
+    operands, so schedules do not recompile). Anything else -- other transformations, wrappers
+    around these, 8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
 
     Example:
       >>> import jax.numpy as jnp, optadam

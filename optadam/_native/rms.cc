@@ -1,0 +1,172 @@
+// RMSProp, plain and centered, each element in one pass: optadam/rmsprop.py's scale_by_rms
+// (its moments, then its direction, with `scale`) transcribed line for line, with the same names
+// and order. The Python stays the definition; tests/test_native_rms.py holds this file to it.
+#include <cmath>
+
+#include "leaves.h"
+
+namespace optadam {
+namespace {
+
+// This step's runtime scalars, in the order scale_by_rms lists them for its Kernel.
+template <typename T>
+struct RmsScalars {
+  T decay, one_minus_decay, eps;
+  T c;  // bias correction 1 − ρ^t, or 1 without bias_correction
+};
+constexpr size_t kRmsScalars = sizeof(RmsScalars<float>) / sizeof(float);
+
+// scale(var): 1 / sqrt(var + ε) (XLA:CPU's rsqrt) or 1 / (sqrt(var) + ε).
+template <typename T, bool kEpsInSqrt>
+inline T Scale(const RmsScalars<T>& s, T var) {
+  return kEpsInSqrt ? T(1) / std::sqrt(var + s.eps) : T(1) / (std::sqrt(var) + s.eps);
+}
+
+// max(x, 0) as jnp.maximum: a NaN stays NaN.
+template <typename T>
+inline T NonNegative(T x) {
+  return std::isnan(x) ? x : (x > T(0) ? x : T(0));
+}
+
+// One element of scale_by_rms's update; `mu` (centered only) and `nu` updated in place, u_t
+// returned.
+template <typename T, bool kCentered, bool kEpsInSqrt>
+inline T RmsElement(const RmsScalars<T>& s, T g, T& mu, T& nu) {
+  nu = MulAdd(s.decay, nu, s.one_minus_decay * (g * g));  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
+  if (!kCentered) return Scale<T, kEpsInSqrt>(s, nu / s.c) * g;  // u_t = scale(ν_t / c) · g_t
+  mu = MulAdd(s.decay, mu, s.one_minus_decay * g);  // μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t
+  T mu_hat = mu / s.c;
+  // var = max(ν_t / c − |μ_t / c|², 0); u_t = scale(var) · g_t
+  T var = NonNegative(MulAdd(-mu_hat, mu_hat, nu / s.c));
+  return Scale<T, kEpsInSqrt>(s, var) * g;
+}
+
+// Elements [begin, end) of one leaf: u_t to a fresh buffer, the moments in place (mu is null
+// unless centered).
+template <typename T, bool kCentered, bool kEpsInSqrt>
+void UpdateRange(const RmsScalars<T>& s, const T* __restrict g, T* __restrict mu,
+                 T* __restrict nu, T* __restrict u, size_t begin, size_t end) {
+  T unused = 0;
+  for (size_t i = begin; i < end; ++i) {
+    u[i] = RmsElement<T, kCentered, kEpsInSqrt>(s, g[i], kCentered ? mu[i] : unused, nu[i]);
+  }
+}
+
+// The leaves of one call, `kIns` inputs and `kOuts` results each.
+template <typename T, int kIns, int kOuts>
+ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
+  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
+    return ffi::Error::InvalidArgument("optadam rms kernel: operand count");
+  }
+  leaves.resize(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
+        error.failure()) {
+      return error;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Operands: the scalars, then per leaf (g, nu), or (g, mu, nu) when centered; results per leaf
+// (u, nu) or (u, mu, nu), the moments in place. Split over XLA's thread pool as Adam is.
+template <typename T>
+ffi::Future Rms(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, ffi::RemainingArgs args,
+                ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kRmsScalars);
+  if (packed.has_error()) return Done(packed.error());
+  RmsScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  auto update = centered
+                    ? (eps_in_sqrt ? UpdateRange<T, true, true> : UpdateRange<T, true, false>)
+                    : (eps_in_sqrt ? UpdateRange<T, false, true> : UpdateRange<T, false, false>);
+  if (centered) {
+    std::vector<Leaf<T, 3, 3>> leaves;
+    if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+    return InParallel<T>(pool, std::move(leaves),
+                         [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
+                           Alias(b, 1, 1, begin, end);  // mu
+                           Alias(b, 2, 2, begin, end);  // nu
+                           update(s, b.in[0], b.out[1], b.out[2], b.out[0], begin, end);
+                         });
+  }
+  std::vector<Leaf<T, 2, 2>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 1, begin, end);  // nu
+                         update(s, b.in[0], nullptr, b.out[1], b.out[0], begin, end);
+                       });
+}
+
+// optadam.step's scalars: scale_by_rms's, then −η (the sign as scale_by_learning_rate applies it).
+template <typename T>
+struct StepScalars {
+  RmsScalars<T> rms;
+  T minus_lr;
+};
+constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step, as chain(scale_by_rms,
+// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
+// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the moments
+// are written in place; no update buffer.
+template <typename T, bool kCentered, bool kEpsInSqrt>
+void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
+               T* __restrict mu, T* __restrict nu, size_t begin, size_t end) {
+  T unused = 0;
+  for (size_t i = begin; i < end; ++i) {
+    T u = RmsElement<T, kCentered, kEpsInSqrt>(s.rms, g[i], kCentered ? mu[i] : unused, nu[i]);
+    theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
+  }
+}
+
+// Operands: the scalars, then per leaf (g, θ, nu), or (g, θ, mu, nu) when centered; results per
+// leaf (θ, nu) or (θ, mu, nu), all in place.
+template <typename T>
+ffi::Future RmsStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
+                    ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  StepScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  auto step = centered ? (eps_in_sqrt ? StepRange<T, true, true> : StepRange<T, true, false>)
+                       : (eps_in_sqrt ? StepRange<T, false, true> : StepRange<T, false, false>);
+  if (centered) {
+    std::vector<Leaf<T, 4, 3>> leaves;
+    if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+    return InParallel<T>(pool, std::move(leaves),
+                         [s, step](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
+                           Alias(b, 1, 0, begin, end);  // θ
+                           Alias(b, 2, 1, begin, end);  // mu
+                           Alias(b, 3, 2, begin, end);  // nu
+                           step(s, b.in[0], b.out[0], b.out[1], b.out[2], begin, end);
+                         });
+  }
+  std::vector<Leaf<T, 3, 2>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, step](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // nu
+                         step(s, b.in[0], b.out[0], nullptr, b.out[1], begin, end);
+                       });
+}
+
+}  // namespace
+}  // namespace optadam
+
+#define OPTADAM_RMS_HANDLER(name, fn, T)                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<T>,                            \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("centered")             \
+                                    .Attr<bool>("eps_in_sqrt")          \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
+
+OPTADAM_RMS_HANDLER(optadam_rms_f32, optadam::Rms, float)
+OPTADAM_RMS_HANDLER(optadam_rms_f64, optadam::Rms, double)
+OPTADAM_RMS_HANDLER(optadam_rms_step_f32, optadam::RmsStep, float)
+OPTADAM_RMS_HANDLER(optadam_rms_step_f64, optadam::RmsStep, double)

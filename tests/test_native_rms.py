@@ -1,0 +1,285 @@
+"""The native RMSProp kernel (optadam/_native/rms.cc): its update and ``optadam.step``'s one pass
+against the XLA path, which stays the definition, for every option of scale_by_rms, and the ways
+of falling back to that path.
+
+Each comparison builds the transformation anew for each path: ``jax.jit`` caches traces per
+function, so a transformation traced on one path keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optadam
+
+SHAPES = {"s": (), "one": (1,), "odd": (7,), "w": (33, 5), "t": (4, 3, 2)}
+STEPS = 12
+# every switch of scale_by_rms, each with and without the others that change the formula
+OPTIONS = {
+    "plain": {},
+    "eps_outside": {"eps_in_sqrt": False},
+    "bias_corrected": {"bias_correction": True, "decay": 0.8},
+    "initial_scale": {"initial_scale": 0.5, "eps": 1e-3},
+    "centered": {"centered": True, "initial_scale": 1.0},
+    "centered_eps_outside_bias": {
+        "centered": True,
+        "eps_in_sqrt": False,
+        "bias_correction": True,
+        "initial_scale": 0.1,
+    },
+    "centered_decay_0": {"centered": True, "decay": 0.0, "eps": 0.0, "bias_correction": True},
+}
+LEARNING_RATES = {"constant": 0.01, "schedule": optax.linear_schedule(0.02, 0.001, 6)}
+
+needs_kernels = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+    reason="no C++ compiler: the kernels cannot be built here",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    yield
+    optadam.set_native_enabled(None)
+
+
+def random_tree(rng: np.random.Generator, dtype: Any) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in SHAPES.items()}
+
+
+def trajectory(
+    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list
+) -> tuple[list, Any, str]:
+    """The params after each jitted step, the final state, and the step's jaxpr."""
+    optadam.set_native_enabled(native)
+    tx = make()
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        if via_step:
+            return optadam.step(tx, g, s, p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p, s = params, tx.init(params)
+    traced = str(jax.make_jaxpr(step)(p, s, grads[0]))
+    jitted = jax.jit(step)
+    trail = []
+    for g in grads:
+        p, s = jitted(p, s, g)
+        trail.append(jax.tree.map(np.asarray, p))
+    return trail, s, traced
+
+
+def assert_same(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_close(a: Any, b: Any, dtype: str) -> None:
+    """float32: within 3 ulp of each leaf's largest magnitude; float64: 1e-14 relative to it.
+
+    XLA:CPU's rsqrt is not 1/sqrt rounded once (up to 2 ulp from it, in float32 and float64
+    alike; the kernel's is), so with ε inside the root the direction differs by a few ulp; the
+    moments never see the direction and stay bitwise (checked separately)."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        finite = np.isfinite(y)
+        np.testing.assert_array_equal(x[~finite], y[~finite])  # inf where var is 0 and ε is 0
+        scale = np.max(np.abs(y[finite]), initial=0)
+        atol = 3 * np.spacing(np.float32(scale)) if dtype == "float32" else 1e-14 * scale
+        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+
+
+def rms_states(state: Any) -> Any:
+    return state[0]  # rmsprop is chain(scale_by_rms, scale_by_learning_rate, ...)
+
+
+def lockstep(
+    make: Callable[[], Any], via_step: bool, params: Any, grads: list
+) -> tuple[list[tuple[Any, Any]], str, str]:
+    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
+    ``(output, state)`` (native, XLA), where output is the update or (``via_step``) the new
+    params; and both jaxprs. The kernels' switch is read where a function is traced, so each
+    path is compiled under its own setting."""
+
+    def compiled(native: bool | None) -> tuple[Any, Any, str]:
+        optadam.set_native_enabled(native)
+        tx = make()
+
+        def step(p: Any, s: Any, g: Any) -> Any:
+            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
+
+        s = tx.init(params)
+        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
+
+    s, native, traced = compiled(None if via_step else True)
+    _, xla, traced_xla = compiled(False)
+    p, pairs = params, []
+    for g in grads:
+        out_native, s_native = native(p, s, g)
+        out_xla, s_xla = xla(p, s, g)
+        pairs.append(((out_native, s_native), (out_xla, s_xla)))
+        s = s_xla
+        if via_step:
+            p = out_xla
+    return pairs, traced, traced_xla
+
+
+@needs_kernels
+@pytest.mark.parametrize("lr", LEARNING_RATES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_kernel_update_matches_xla_path(name, dtype, lr, request):
+    """tx.update with the kernel (OPTADAM_NATIVE=1's switch) against the XLA path, step after
+    step from the same state: moments bitwise, the update within the direction's bound (ε outside
+    the root: bitwise)."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(0)
+    params = random_tree(rng, dtype)
+    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+
+    def make():
+        return optadam.rmsprop(LEARNING_RATES[lr], **OPTIONS[name])
+
+    pairs, traced, traced_xla = lockstep(make, False, params, grads)
+    assert traced.count("optadam_rms_f") == 1 and "optadam_rms" not in traced_xla
+    for (u, s), (u_xla, s_xla) in pairs:
+        assert_same(rms_states(s), rms_states(s_xla))
+        if OPTIONS[name].get("eps_in_sqrt", True):
+            assert_close(u, u_xla, dtype)
+        else:
+            assert_same(u, u_xla)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(name, dtype, request):
+    """optadam.step's one pass fuses θ + (−η)·u as XLA fuses apply_updates after the kernel's
+    update: the same bits, every step, params and state alike."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(1)
+    params = random_tree(rng, dtype)
+    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    for lr in LEARNING_RATES.values():
+
+        def make(lr=lr):
+            return optadam.rmsprop(lr, **OPTIONS[name])
+
+        one, s_one, traced = trajectory(make, True, True, params, grads)
+        two, s_two, traced_two = trajectory(make, True, False, params, grads)
+        assert "optadam_rms_step" in traced and "optadam_rms_step" not in traced_two
+        assert traced.count("ffi_call") == 1  # one call for all leaves, no XLA loop
+        assert_same(one, two)
+        assert_same(s_one, s_two)
+        assert jax.tree.structure(s_one) == jax.tree.structure(s_two)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_one_pass_step_matches_xla_path(name, dtype, request):
+    """The default step (one pass on) against kernels off, step after step from the same params
+    and state: moments bitwise; params within 1 ulp of themselves plus the direction's bound on
+    the step they took (bitwise with ε outside the root)."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(2)
+    params = random_tree(rng, dtype)
+    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+
+    def make():
+        return optadam.rmsprop(0.01, **OPTIONS[name])
+
+    pairs, traced, traced_xla = lockstep(make, True, params, grads)
+    assert "optadam_rms_step" in traced and "optadam_rms" not in traced_xla
+    before = params
+    for (p, s), (p_xla, s_xla) in pairs:
+        assert_same(rms_states(s), rms_states(s_xla))
+        if not OPTIONS[name].get("eps_in_sqrt", True):
+            assert_same(p, p_xla)
+        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
+            x, y, y0 = np.asarray(x), np.asarray(y), np.asarray(y0)
+            finite = np.isfinite(y) & np.isfinite(y0)
+            np.testing.assert_array_equal(x[~finite], y[~finite])
+            top = np.max(np.abs(y[finite]), initial=0)
+            moved = np.max(np.abs(y[finite] - y0[finite]), initial=0)
+            if dtype == "float32":
+                atol = np.spacing(np.float32(top)) + 3 * np.spacing(np.float32(moved))
+            else:
+                atol = 1e-14 * (top + moved)
+            np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+        before = p_xla
+
+
+@needs_kernels
+def test_scale_by_rms_alone_takes_the_kernel_and_matches_xla():
+    rng = np.random.default_rng(3)
+    params = random_tree(rng, jnp.float32)
+    grads = [random_tree(rng, jnp.float32) for _ in range(STEPS)]
+    outs = {}
+    for native in (True, False):
+        optadam.set_native_enabled(native)
+        tx = optadam.scale_by_rms(centered=True, bias_correction=True, eps_in_sqrt=False)
+        state, update = tx.init(params), jax.jit(tx.update)
+        jaxpr = str(jax.make_jaxpr(tx.update)(grads[0], state))
+        assert ("optadam_rms_f32" in jaxpr) == native
+        us = []
+        for g in grads:
+            u, state = update(g, state)
+            us.append(u)
+        outs[native] = (us, state)
+    assert_same(outs[True], outs[False])
+
+
+FALLBACKS = {
+    "bfloat16_nu": lambda: optadam.rmsprop(0.01, nu_dtype=jnp.bfloat16),
+    "bfloat16_mu_centered": lambda: optadam.rmsprop(0.01, centered=True, mu_dtype=jnp.bfloat16),
+    "8bit": lambda: optadam.rmsprop(0.01, state_bits=8, block_size=64),
+    "momentum": lambda: optadam.rmsprop(0.01, momentum=0.9),
+    "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.rmsprop(0.01)),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FALLBACKS)
+def test_lean_state_and_momentum_step_takes_update_then_apply_updates(name):
+    """What the one pass does not cover takes update + apply_updates (the same numbers); lean
+    state stays on the XLA path for update too."""
+    rng = np.random.default_rng(4)
+    params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)} for _ in range(3)]
+    one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
+    two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
+    assert "optadam_rms_step" not in traced
+    if name not in ("momentum", "wrapped"):
+        assert "optadam_rms" not in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+def test_kernels_off_step_is_update_then_apply_updates():
+    rng = np.random.default_rng(5)
+    params = random_tree(rng, jnp.float32)
+    grads = [random_tree(rng, jnp.float32) for _ in range(3)]
+
+    def make():
+        return optadam.rmsprop(0.01, centered=True)
+
+    one, s_one, traced = trajectory(make, False, True, params, grads)
+    two, s_two, _ = trajectory(make, False, False, params, grads)
+    assert "optadam_rms" not in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
