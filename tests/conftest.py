@@ -24,3 +24,12 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(autouse=True)
+def _restore_native_switch():
+    """Tests that switch the native kernels on or off leave the default (OPTADAM_NATIVE) behind."""
+    yield
+    import optadam
+
+    optadam.set_native_enabled(None)

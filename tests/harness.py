@@ -6,6 +6,8 @@ independently of optadam; this module only drives optimizers and measures distan
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,9 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import reference
 
 SHAPES = [(3, 4), (5,), (), (2, 1, 3)]
+
+# Tests that need the native kernels built (tests/test_native*.py, tests/test_step.py).
+needs_kernels = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+    reason="no C++ compiler: the kernels cannot be built here",
+)
 STEPS = 60
 
 

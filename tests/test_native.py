@@ -8,7 +8,6 @@ function, so a transformation traced on one path keeps it.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from harness import needs_kernels
 from jax import lax
 
 import optadam
@@ -36,21 +36,9 @@ ADAM_FAMILY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_switch():
-    yield
-    optadam.set_native_enabled(None)
-
-
 def kernels_available() -> bool:
     optadam.set_native_enabled(True)
     return optadam.native_status().enabled
-
-
-needs_kernels = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
-    reason="no C++ compiler: the kernels cannot be built here",
-)
 
 
 def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:

@@ -9,8 +9,6 @@ places its fused multiply-adds where XLA:CPU contracts them, so float32 results 
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from harness import needs_kernels
 
 import optadam
 
@@ -36,17 +35,6 @@ FAMILY = {
     "array_lr": lambda: optadam.sgd(jnp.asarray(0.05), momentum=0.8, nesterov=True),
 }
 KERNEL, STEP_KERNEL = "optadam_momentum_f", "optadam_momentum_step_f"
-
-needs_kernels = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
-    reason="no C++ compiler: the kernels cannot be built here",
-)
-
-
-@pytest.fixture(autouse=True)
-def _restore_switch():
-    yield
-    optadam.set_native_enabled(None)
 
 
 def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:

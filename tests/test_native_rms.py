@@ -8,8 +8,6 @@ function, so a transformation traced on one path keeps it.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from harness import needs_kernels
 
 import optadam
 
@@ -39,17 +38,6 @@ OPTIONS = {
     "centered_decay_0": {"centered": True, "decay": 0.0, "eps": 0.0, "bias_correction": True},
 }
 LEARNING_RATES = {"constant": 0.01, "schedule": optax.linear_schedule(0.02, 0.001, 6)}
-
-needs_kernels = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
-    reason="no C++ compiler: the kernels cannot be built here",
-)
-
-
-@pytest.fixture(autouse=True)
-def _restore_switch():
-    yield
-    optadam.set_native_enabled(None)
 
 
 def random_tree(rng: np.random.Generator, dtype: Any) -> dict:

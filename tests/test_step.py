@@ -7,9 +7,7 @@ transformation traced on one path keeps it.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from harness import needs_kernels
 
 import optadam
 
@@ -44,17 +43,6 @@ TWO_CALLS = {
     "adam_8bit": lambda: optadam.adam(0.1, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
 }
-
-needs_kernels = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
-    reason="no C++ compiler: the kernels cannot be built here",
-)
-
-
-@pytest.fixture(autouse=True)
-def _restore_switch():
-    yield
-    optadam.set_native_enabled(None)
 
 
 def wide(dtype: str, request: pytest.FixtureRequest) -> None:
