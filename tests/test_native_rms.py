@@ -110,7 +110,7 @@ def lockstep(
         traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
         return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
 
-    s, native, traced = compiled(None if via_step else True)
+    s, native, traced = compiled(True)  # on whatever OPTADAM_NATIVE says
     _, xla, traced_xla = compiled(False)
     p, pairs = params, []
     for g in grads:
@@ -179,7 +179,7 @@ def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(name, dty
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", OPTIONS)
 def test_one_pass_step_matches_xla_path(name, dtype, request):
-    """The default step (one pass on) against kernels off, step after step from the same params
+    """The one-pass step against kernels off, step after step from the same params
     and state: moments bitwise; params within 1 ulp of themselves plus the direction's bound on
     the step they took (bitwise with ε outside the root)."""
     if dtype == "float64":
