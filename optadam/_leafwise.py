@@ -287,7 +287,10 @@ def native_leaves(
             new = moments(g, *s)
             return [direction(g, *new).astype(g.dtype), *new]
 
-        in_place = {k: k for k in range(1, len(leaves[0]))}  # each state into its new value
+        # u over g and each state into its new value: inside a training step the gradients are
+        # dead after the update, so XLA hands the kernel their buffer and u costs no allocation
+        # (a gradient the caller keeps is copied first)
+        in_place = {k: k for k in range(len(leaves[0]))}
         outs = _kernel_call(name, kernel, xla, scalars, leaves, in_place, len(leaves[0]))
         done.update(zip(indices, outs, strict=True))
     return done

@@ -29,10 +29,11 @@ inline T AdamElement(const AdamScalars<T>& s, T g, T& mu, T& nu) {
   return mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
 }
 
-// Elements [begin, end) of one leaf: the direction u_t to a fresh buffer, the moments in place.
+// Elements [begin, end) of one leaf: the direction u_t over the gradient (Python aliases g to u,
+// so g and u may be one buffer: no __restrict on them), the moments in place.
 template <typename T, bool kNesterov>
-void UpdateRange(const AdamScalars<T>& s, const T* __restrict g, T* __restrict mu,
-                 T* __restrict nu, T* __restrict u, size_t begin, size_t end) {
+void UpdateRange(const AdamScalars<T>& s, const T* g, T* __restrict mu,
+                 T* __restrict nu, T* u, size_t begin, size_t end) {
   for (size_t i = begin; i < end; ++i) u[i] = AdamElement<T, kNesterov>(s, g[i], mu[i], nu[i]);
 }
 

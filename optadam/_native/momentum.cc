@@ -21,10 +21,11 @@ inline T MomentumElement(const MomentumScalars<T>& s, T g, T& trace) {
                    : trace;                     // u_t = trace_t
 }
 
-// Elements [begin, end) of one leaf: the direction u_t to a fresh buffer, the trace in place.
+// Elements [begin, end) of one leaf: the direction u_t over the gradient (g and u may be one
+// buffer, as in adam.cc), the trace in place.
 template <typename T, bool kNesterov>
-void MomentumRange(const MomentumScalars<T>& s, const T* __restrict g, T* __restrict trace,
-                   T* __restrict u, size_t begin, size_t end) {
+void MomentumRange(const MomentumScalars<T>& s, const T* g, T* __restrict trace,
+                   T* u, size_t begin, size_t end) {
   for (size_t i = begin; i < end; ++i) u[i] = MomentumElement<T, kNesterov>(s, g[i], trace[i]);
 }
 

@@ -41,11 +41,11 @@ inline T RmsElement(const RmsScalars<T>& s, T g, T& mu, T& nu) {
   return Scale<T, kEpsInSqrt>(s, var) * g;
 }
 
-// Elements [begin, end) of one leaf: u_t to a fresh buffer, the moments in place (mu is null
-// unless centered).
+// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
+// adam.cc), the moments in place (mu is null unless centered).
 template <typename T, bool kCentered, bool kEpsInSqrt>
-void UpdateRange(const RmsScalars<T>& s, const T* __restrict g, T* __restrict mu,
-                 T* __restrict nu, T* __restrict u, size_t begin, size_t end) {
+void UpdateRange(const RmsScalars<T>& s, const T* g, T* __restrict mu,
+                 T* __restrict nu, T* u, size_t begin, size_t end) {
   T unused = 0;
   for (size_t i = begin; i < end; ++i) {
     u[i] = RmsElement<T, kCentered, kEpsInSqrt>(s, g[i], kCentered ? mu[i] : unused, nu[i]);
