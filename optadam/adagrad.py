@@ -50,10 +50,11 @@ def adagrad_direction(g: Any, s: Any, eps: Any) -> Any:
     return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g
 
 
-def adagrad_kernel(eps: Any, *step_scalars: Any) -> Kernel:
+def adagrad_kernel(eps: Any, *step_scalars: Any, eps_in_sqrt: bool = True) -> Kernel:
     """The native AdaGrad kernel (optadam/_native/adagrad.cc) with this step's scalars, in its
-    C++ struct's order: ε, then (for ``optadam.step``) −η."""
-    return Kernel("adagrad", (eps, *step_scalars), (("eps_in_sqrt", True),))
+    C++ struct's order: ε, then (for ``optadam.step``) −η. ``eps_in_sqrt=False`` is torch's
+    direction, ``g_t / (sqrt(s_t) + ε)`` (``optadam.torch.Adagrad``)."""
+    return Kernel("adagrad", (eps, *step_scalars), (("eps_in_sqrt", eps_in_sqrt),))
 
 
 def scale_by_adagrad(

@@ -325,3 +325,23 @@ def test_kernels_off_step_is_update_then_apply_updates():
     assert "optadam_adagrad" not in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_adagrad_update_takes_the_kernel_bitwise(dtype, request):
+    """optadam.torch.Adagrad's direction (ε outside the root) through the kernel: no rsqrt, so
+    the update and the sums equal the XLA path's bit for bit, with torch's lr decay, weight decay
+    and maximize around it."""
+    wide(dtype, request)
+    params, grads = problem(9, dtype, {**SHAPES, **EMPTY})
+
+    def make():
+        return optadam.torch.Adagrad(
+            lr=0.05, lr_decay=1e-3, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True
+        )
+
+    pairs, traced, traced_xla = lockstep(make, False, params, grads)
+    assert traced.count("optadam_adagrad_f") == 1 and "optadam_adagrad" not in traced_xla
+    for native, xla in pairs:
+        assert_same(native, xla)
