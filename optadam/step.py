@@ -19,7 +19,8 @@ def step(
 
     Where a native kernel runs (``optadam.native_status``), ``adam``, ``nadam`` and ``adamw``
     (without a decay ``mask``), ``sgd`` with ``momentum`` and ``momentum`` (their trace in place
-    of the moments), and ``rmsprop`` without ``momentum`` take one pass: one kernel call per dtype
+    of the moments), ``rmsprop`` (its trace too, with ``momentum``) and ``adagrad`` take one
+    pass: one kernel call per dtype
     reads the gradients and writes the params and the moments in place, with no update buffer, as
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
     operands, so schedules do not recompile). Anything else -- other transformations, wrappers

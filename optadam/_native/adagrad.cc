@@ -23,8 +23,10 @@ inline T AdagradElement(const AdagradScalars<T>& k, T g, T& s) {
   s = MulAdd(g, g, s);  // s_t = s_{t-1} + |g_t|²
   if (kEpsInSqrt) {
     // u_t = g_t / sqrt(s_t + ε), 0 where s_t = 0 (and where s_t is NaN: `s > 0` is false, as in
-    // jnp.where)
-    return (s > T(0) ? T(1) / std::sqrt(s + k.eps) : T(0)) * g;
+    // jnp.where). The root is taken everywhere, then selected: a conditional sqrt and division
+    // would keep GCC from vectorizing the loop (they may trap).
+    T scale = T(1) / std::sqrt(s + k.eps);
+    return (s > T(0) ? scale : T(0)) * g;
   }
   return g / (std::sqrt(s) + k.eps);  // torch: u_t = g_t / (sqrt(s_t) + ε)
 }
