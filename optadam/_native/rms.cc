@@ -174,14 +174,15 @@ void MomentumStepRange(const MomentumStepScalars<T>& s, const T* __restrict g,
   for (size_t i = begin; i < end; ++i) {
     T u = RmsElement<T, kCentered, kEpsInSqrt>(s.step.rms, g[i], kCentered ? mu[i] : unused,
                                                nu[i]);
-    T v = u * s.step.minus_lr;                  // v_t = u_t·(−η)
-    trace[i] = MulAdd(s.beta, trace[i], v);     // trace_t = v_t + β · trace_{t-1}
+    T v = u * s.step.minus_lr;                        // v_t = u_t·(−η)
+    trace[i] = MulAdd(s.beta, trace[i], v);           // trace_t = v_t + β · trace_{t-1}
     T step = kNesterov ? MulAdd(s.beta, trace[i], v)  // Nesterov: v_t + β · trace_t
                        : trace[i];                    // heavy-ball: trace_t
-    theta[i] = theta[i] + step;                 // θ_t = θ_{t-1} + step
+    theta[i] = theta[i] + step;                       // θ_t = θ_{t-1} + step
   }
 }
 
+// The loop for these switches: one template instance each, so no branch inside the loop.
 template <typename T, bool kCentered>
 auto MomentumStepFor(bool eps_in_sqrt, bool nesterov) {
   return eps_in_sqrt
