@@ -19,6 +19,7 @@ and why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -85,6 +87,19 @@ def set_native_enabled(enabled: bool | None) -> None:
     """
     global _switched_off
     _switched_off = None if enabled is None else not enabled
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """The kernels off for what is traced inside (then as before): for code that reads the XLA
+    path's per-leaf operations, which one kernel call over all leaves would hide."""
+    global _switched_off
+    saved = _switched_off
+    _switched_off = True
+    try:
+        yield
+    finally:
+        _switched_off = saved
 
 
 def native_status() -> NativeStatus:
