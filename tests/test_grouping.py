@@ -493,11 +493,11 @@ def test_grouping_is_the_same_with_native_kernels_on():
     # init reads the XLA path's per-leaf operations; one kernel call over every leaf would hide
     # them (and group nothing), so the kernels are off while it looks.
     params = {f"b{i}": jnp.zeros(3) for i in range(6)} | {"w": jnp.zeros((4, 3))}
-    layouts = []
-    for native in (False, True):
-        optadam.set_native_enabled(native)
-        decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
-        tx = optadam.grouped(optadam.adamw(0.1, mask=decay_matrices), min_leaves=1)
-        layouts.append(tx.init(params).layout)
-    optadam.set_native_enabled(None)
-    assert layouts[0].groups and layouts[0] == layouts[1]
+    decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    for make in (lambda: optadam.adam(0.1), lambda: optadam.adamw(0.1, mask=decay_matrices)):
+        layouts = []
+        for native in (False, True):
+            optadam.set_native_enabled(native)
+            layouts.append(optadam.grouped(make(), min_leaves=1).init(params).layout)
+        optadam.set_native_enabled(None)
+        assert layouts[0].groups and layouts[0] == layouts[1]
