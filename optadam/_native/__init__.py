@@ -182,26 +182,33 @@ def _key(compiler: str) -> str:
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile the sources into ``target``, atomically: a temporary file renamed into place."""
+    """Compile the sources into ``target``, atomically: a temporary file renamed into place.
+
+    A compiler that refuses ``-march=native`` (some clang releases on arm64) gets
+    ``-mcpu=native``, then no tuning flag: the library is the same code, less tuned.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    command = [
-        *shlex.split(compiler),
-        *_flags(),
-        "-isystem",
-        jax.ffi.include_dir(),
-        *(str(SOURCE_DIR / s) for s in SOURCES),
-        "-o",
-        tmp,
-    ]
     print(f"optadam: building native CPU kernels (once) into {target}", file=sys.stderr)
+    sources = [str(SOURCE_DIR / s) for s in SOURCES]
+    failures = []
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
+        for tuning in (None, ["-mcpu=native"], []):
+            flags = _flags()
+            if tuning is not None:
+                flags = [f for f in flags if f != "-march=native"] + tuning
+            command = [*shlex.split(compiler), *flags, "-isystem", jax.ffi.include_dir()]
+            command += [*sources, "-o", tmp]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return
             tail = " | ".join(done.stderr.strip().splitlines()[-5:])
-            raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}): {tail}")
-        os.replace(tmp, target)
+            failures.append(f"{shlex.join(command)} failed ({done.returncode}): {tail}")
+            if "-march=native" not in _flags():
+                break
+        raise RuntimeError(failures[0])
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
