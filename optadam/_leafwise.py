@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.interpreters.partial_eval import DynamicJaxprTracer
 from jax.sharding import NamedSharding, PartitionSpec
@@ -327,8 +328,8 @@ def native_step(
     """``(new_params, *new_states)`` of a whole step through ``kernel`` (``optadam_<name>_step_*``)
     in one pass, params and states in place; None unless every leaf fits the kernel (the same
     conditions as :func:`native_leaves`, the params included) or is None in the gradients, the
-    params and the states alike (as ``eqx.filter`` leaves a model's non-arrays), so the caller
-    takes the XLA path.
+    params and the states alike (as ``eqx.filter`` leaves a model's non-arrays) or zero-size (they
+    pass through), so the caller takes the XLA path.
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
     """
@@ -347,6 +348,8 @@ def native_step(
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         if g is None and all(x is None for x in s):  # no param here (Equinox's non-arrays)
             done[i] = s
+        elif _empty(g, s):  # nothing to update: the XLA path returns these arrays as they are
+            done[i] = [jnp.asarray(x) for x in s]
         elif _kernel_fits(g, s, kernel.scalars):
             groups.setdefault(jnp.dtype(g.dtype), []).append(i)
         else:
@@ -362,6 +365,13 @@ def native_step(
         done.update(zip(indices, outs, strict=True))
     columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
+
+
+def _empty(g: Any, s: list[Any]) -> bool:
+    """A zero-size leaf whose params and states are plain arrays of its shape."""
+    if g is None or jnp.size(g) != 0:
+        return False
+    return all(isinstance(x, jax.Array | np.ndarray) and jnp.shape(x) == jnp.shape(g) for x in s)
 
 
 def _kernel_traceable(x: Any) -> bool:
