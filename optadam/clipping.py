@@ -30,22 +30,29 @@ from optadam._leafwise import OnePass, with_one_pass
 
 
 class GlobalNormClip(NamedTuple):
-    """One step's clipping, computed once from all the gradients (:func:`global_norm_clip`)."""
+    """One step's clipping: ‖g‖, computed once from all the gradients, and c.
 
-    within: jax.Array  # ‖g‖ < c: the gradients pass unchanged (False when ‖g‖ is NaN)
+    Floats only: a one-pass kernel's derivative rule (``jax.closure_convert``) takes closed-over
+    floats as operands, but would bake in a traced bool; :func:`clip_leaf` compares them itself.
+    """
+
     g_norm: jax.Array  # ‖g‖, the global L2 norm, in the gradients' widest dtype
     max_norm: Any  # c, as given
 
 
 def global_norm_clip(grads: optax.Updates, max_norm: Any) -> GlobalNormClip:
-    """This step's ‖g‖ and whether it is below ``max_norm``, as optax computes them."""
-    g_norm = optax.tree.norm(grads)  # ‖g‖ = sqrt(Σ |g|²), one reduction over all leaves
-    return GlobalNormClip(within=jnp.squeeze(g_norm < max_norm), g_norm=g_norm, max_norm=max_norm)
+    """This step's ‖g‖, as optax computes it: one reduction over all the leaves."""
+    return GlobalNormClip(g_norm=optax.tree.norm(grads), max_norm=max_norm)
+
+
+def _within(clip: GlobalNormClip) -> jax.Array:
+    """‖g‖ < c: the gradients pass unchanged (False when ‖g‖ is NaN)."""
+    return jnp.squeeze(clip.g_norm < clip.max_norm)
 
 
 def clip_leaf(g: jax.Array, clip: GlobalNormClip) -> jax.Array:
     """One leaf of g': g if ‖g‖ < c, else (g / ‖g‖) · c, with ‖g‖ in the leaf's dtype."""
-    return jax.lax.select(clip.within, g, (g / clip.g_norm.astype(g.dtype)) * clip.max_norm)
+    return jax.lax.select(_within(clip), g, (g / clip.g_norm.astype(g.dtype)) * clip.max_norm)
 
 
 def kernel_scalars(clip: GlobalNormClip | None) -> tuple[Any, ...]:
@@ -53,7 +60,7 @@ def kernel_scalars(clip: GlobalNormClip | None) -> tuple[Any, ...]:
     (1 or 0), ‖g‖ and c; no clip is (0, 1, 1)."""
     if clip is None:
         return (0, 1, 1)
-    return (jnp.where(clip.within, 0, 1), clip.g_norm, clip.max_norm)
+    return (jnp.where(_within(clip), 0, 1), clip.g_norm, clip.max_norm)
 
 
 class ClipByGlobalNorm(optax.GradientTransformation):
@@ -90,7 +97,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransfo
     return out
 
 
-def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def chain(*args: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """``optax.chain``: the transformations applied in order, the state a tuple of their states.
 
     ``chain(clip_by_global_norm(c), tx)``, where ``optadam.step`` runs ``tx`` in one native pass,
@@ -106,10 +113,10 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
       >>> params  # g clipped from norm 5 to norm 1: (0.6, 0.8), then a step of 0.5 · g
       Array([0.7, 0.6], dtype=float32)
     """
-    chained = optax.chain(*transforms)
-    if len(transforms) != 2:
+    chained = optax.chain(*args)
+    if len(args) != 2:
         return chained
-    clip, tx = transforms
+    clip, tx = args
     if not isinstance(clip, ClipByGlobalNorm) or not isinstance(tx, OnePass):
         return chained
     if tx.one_pass is None or not tx.takes_clip:
