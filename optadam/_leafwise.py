@@ -333,7 +333,9 @@ def native_step(
 ) -> tuple[Any, ...] | None:
     """``(new_params, *new_states)`` of a whole step through ``kernel`` (``optadam_<name>_step_*``)
     in one pass, params and states in place; None unless every leaf fits the kernel (the same
-    conditions as :func:`native_leaves`, the params included), so the caller takes the XLA path.
+    conditions as :func:`native_leaves`, the params included) or is None in the gradients, the
+    params and the states alike (as ``eqx.filter`` leaves a model's non-arrays), so the caller
+    takes the XLA path.
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
     """
@@ -348,11 +350,16 @@ def native_step(
     if not g_leaves or not all(_kernel_traceable(x) for x in every):
         return None
     groups: dict[Any, list[int]] = {}
-    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
-        if not _kernel_fits(g, s, kernel.scalars):
-            return None
-        groups.setdefault(jnp.dtype(g.dtype), []).append(i)
     done: dict[int, Sequence[Any]] = {}
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if g is None and all(x is None for x in s):  # no param here (Equinox's non-arrays)
+            done[i] = s
+        elif _kernel_fits(g, s, kernel.scalars):
+            groups.setdefault(jnp.dtype(g.dtype), []).append(i)
+        else:
+            return None
+    if not groups:
+        return None
     for dtype, indices in groups.items():
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
         scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])

@@ -259,3 +259,20 @@ def test_one_pass_is_on_by_default_for_step_only_and_the_switches_turn_it_off(mo
     monkeypatch.delenv("OPTADAM_NATIVE")
     optadam.set_native_enabled(False)
     assert "optadam_adam" not in traced(True)
+
+
+@needs_kernels
+def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
+    """A model filtered to its arrays (``eqx.filter``) has None where it holds functions; those
+    leaves have no param, gradient or moment, and the rest still takes the one pass."""
+    rng = np.random.default_rng(7)
+    arrays = random_tree(rng, jnp.float32)
+    params = {**arrays, "activation": None}
+    grads = [{**random_tree(rng, jnp.float32), "activation": None} for _ in range(4)]
+    for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
+        one, s_one, traced = trajectory(make, True, True, params, grads, False)
+        two, s_two, _ = trajectory(make, True, False, params, grads, False)
+        assert "_step_f32" in traced
+        assert all(p["activation"] is None for p in one)
+        assert_same(one, two)
+        assert_same(s_one, s_two)
