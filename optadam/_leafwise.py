@@ -304,17 +304,24 @@ class OnePass(optax.GradientTransformationExtraArgs):
     kernel, or None where the kernel does not apply (then ``step`` calls ``update`` and
     ``apply_updates``). A tuple like any other transformation otherwise; ``_replace`` and other
     copies drop ``one_pass``, and so the one-pass path, never the results.
+
+    With ``takes_clip``, ``one_pass`` also takes ``clip=`` a global-norm clip of the gradients
+    (:func:`optadam.clipping.chain`) and runs it in the same pass.
     """
 
-    one_pass: Callable[[Any, Any, Any], tuple[Any, Any] | None] | None = None
+    one_pass: Callable[..., tuple[Any, Any] | None] | None = None
+    takes_clip: bool = False
 
 
 def with_one_pass(
     tx: optax.GradientTransformationExtraArgs,
-    one_pass: Callable[[Any, Any, Any], tuple[Any, Any] | None],
+    one_pass: Callable[..., tuple[Any, Any] | None],
+    *,
+    takes_clip: bool = False,
 ) -> OnePass:
     out = OnePass(tx.init, tx.update)
     out.one_pass = one_pass
+    out.takes_clip = takes_clip
     return out
 
 

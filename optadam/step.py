@@ -23,8 +23,10 @@ def step(
     pass: one kernel call per dtype
     reads the gradients and writes the params and the moments in place, with no update buffer, as
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
-    operands, so schedules do not recompile). Anything else -- other transformations, wrappers
-    around these, 8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
+    operands, so schedules do not recompile). The Adam family and Momentum keep the pass after a
+    global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``. Anything else --
+    other transformations, wrappers around these, 8-bit or bfloat16 state, kernels off -- takes
+    ``update`` + ``apply_updates``.
 
     Example:
       >>> import jax.numpy as jnp, optadam

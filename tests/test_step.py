@@ -33,6 +33,15 @@ ONE_PASS = {
         optax.cosine_decay_schedule(0.1, 10), weight_decay=optax.linear_schedule(0.3, 0.0, 8)
     ),
     "adamw_array_lr": lambda: optadam.adamw(jnp.asarray(0.05), weight_decay=0.1),
+    # global-norm clipping joins the pass (‖g‖ is about 14 here: 1.0 clips every step, 1e3 none)
+    "adam_clipped": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adam(0.1)),
+    "adamw_schedules_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(jnp.asarray(5.0)),
+        optadam.adamw(optax.cosine_decay_schedule(0.1, 10), weight_decay=0.3),
+    ),
+    "nadam_below_max_norm": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1e3), optadam.nadam(0.1)
+    ),
 }
 TWO_CALLS = {
     "adamw_masked": lambda: optadam.adamw(0.1, mask=lambda p: {k: k != "w" for k in p}),
@@ -42,6 +51,15 @@ TWO_CALLS = {
     "adam_bfloat16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.bfloat16),
     "adam_8bit": lambda: optadam.adam(0.1, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
+    "adam_optax_chain_clipped": lambda: optax.chain(
+        optax.clip_by_global_norm(1.0), optadam.adam(0.1)
+    ),
+    "rmsprop_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1)
+    ),
+    "adam_8bit_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.adam(0.1, state_bits=8)
+    ),
 }
 
 
