@@ -194,7 +194,7 @@ def map_leaves(
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
-    native = native_leaves(kernel, moments, direction, g_leaves, s_leaves)
+    native = native_leaves(kernel, moments, direction, g_leaves, s_leaves, rounding_seed)
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
     position = 0  # elements of the moments so far (stochastic rounding hashes each one's position)
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
@@ -247,6 +247,11 @@ class Kernel(NamedTuple):
 
 
 _NATIVE_DTYPES = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.float64): "f64"}
+# Kernels with an ``optadam_<name>[_step]_lowp`` variant: gradients (and params) in float32,
+# bfloat16 or float16, moments in float32 or bfloat16, math in float32 (optadam/_native/adam.cc).
+_LOWP_KERNELS = ("adam",)
+_LOWP_GRADIENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_LOWP_MOMENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 def native_leaves(
@@ -255,6 +260,7 @@ def native_leaves(
     direction: Callable[..., jax.Array],
     g_leaves: list[Any],
     s_leaves: list[list[Any]],
+    rounding_seed: jax.Array | None = None,
 ) -> dict[int, Sequence[Any]]:
     """``{leaf index: (u, *new states)}`` for the leaves a native kernel computes; the other leaves
     (and all of them when the kernels are off or do not apply) stay on the XLA path.
@@ -267,34 +273,89 @@ def native_leaves(
     traced first and differentiated later (``grad`` of a ``scan`` or of a ``jit``) takes the XLA
     math as its derivative rule (:func:`_kernel_call`); one vmapped later runs once per element.
     For float32 and float64 the XLA path's storage rounding is the identity, so the kernel's
-    results are the moments and direction themselves.
+    results are the moments and direction themselves. Kernels in ``_LOWP_KERNELS`` also take
+    bfloat16/float16 gradients and bfloat16 moments (any mix with float32, one call per mix):
+    they lift, compute in float32 and round as :func:`map_leaves` does, stochastically with its
+    bits given ``rounding_seed``.
     """
     if kernel is None or not _native.enabled() or jax.default_backend() != "cpu":
         return {}
     every = (*g_leaves, *(x for leaves in s_leaves for x in leaves), *kernel.scalars)
     if not all(_kernel_traceable(x) for x in every):
         return {}
-    groups: dict[Any, list[int]] = {}
-    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
-        if _kernel_fits(g, s, kernel.scalars):
-            groups.setdefault(jnp.dtype(g.dtype), []).append(i)
+    groups = _kernel_groups(kernel, g_leaves, s_leaves)
+    if groups is None:
+        return {}
     done: dict[int, Sequence[Any]] = {}
-    for dtype, indices in groups.items():
+    for key, indices in groups.items():
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
-        scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])
-        name = f"optadam_{kernel.name}_{_NATIVE_DTYPES[dtype]}"
+        name, call_kernel, scalars = _group_call(
+            kernel, key, "", indices, _positions(g_leaves, len(s_leaves)), rounding_seed
+        )
 
-        def xla(g: Any, *s: Any) -> list[Any]:
-            new = moments(g, *s)
-            return [direction(g, *new).astype(g.dtype), *new]
+        def xla(g: Any, *s: Any) -> list[Any]:  # map_leaves' math (nearest rounding)
+            g_wide = _lift(g)
+            new = moments(g_wide, *(_lift(x) for x in s))
+            stored = [value.astype(x.dtype) for value, x in zip(new, s, strict=True)]
+            return [direction(g_wide, *(_lift(x) for x in stored)).astype(g.dtype), *stored]
 
         # u over g and each state into its new value: inside a training step the gradients are
         # dead after the update, so XLA hands the kernel their buffer and u costs no allocation
         # (a gradient the caller keeps is copied first)
         in_place = {k: k for k in range(len(leaves[0]))}
-        outs = _kernel_call(name, kernel, xla, scalars, leaves, in_place, len(leaves[0]))
+        outs = _kernel_call(name, call_kernel, xla, scalars, leaves, in_place, len(leaves[0]))
         done.update(zip(indices, outs, strict=True))
     return done
+
+
+def _kernel_groups(
+    kernel: Kernel, g_leaves: list[Any], s_leaves: list[list[Any]], *, step: bool = False
+) -> dict[Any, list[int]] | None:
+    """The leaves a kernel call takes, by call: a dtype (one call per dtype) or, for a
+    low-precision call, the tuple of the leaf's operand dtypes; None where ``step`` (params first
+    among the states) and a leaf fits no call."""
+    groups: dict[Any, list[int]] = {}
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if _kernel_fits(g, s, kernel.scalars):
+            groups.setdefault(jnp.dtype(g.dtype), []).append(i)
+        elif _lowp_fits(kernel, g, s, step):
+            key = tuple(jnp.dtype(jnp.result_type(x)) for x in (g, *s))
+            groups.setdefault(key, []).append(i)
+        elif step:
+            return None
+    return groups
+
+
+def _positions(g_leaves: list[Any], moments: int) -> list[list[int]]:
+    """Each leaf's moments' first elements among all the moments' elements, as map_leaves counts
+    them for stochastic rounding (leaf by leaf, moment by moment; None gradients count none)."""
+    positions, position = [], 0
+    for g in g_leaves:
+        size = 0 if g is None else int(jnp.size(g))
+        positions.append([position + j * size for j in range(moments)])
+        position += moments * size
+    return positions
+
+
+def _group_call(
+    kernel: Kernel,
+    key: Any,
+    suffix: str,
+    indices: list[int],
+    positions: list[list[int]],
+    rounding_seed: jax.Array | None,
+) -> tuple[str, Kernel, jax.Array]:
+    """The target, kernel (its options) and scalars operand of one call (``suffix`` "_step")."""
+    if not isinstance(key, tuple):
+        scalars = jnp.stack([jnp.asarray(x).astype(key) for x in kernel.scalars])
+        return f"optadam_{kernel.name}{suffix}_{_NATIVE_DTYPES[key]}", kernel, scalars
+    scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
+    if rounding_seed is not None:  # array_seed of each leaf's moments, in float32 slots
+        offsets = np.array([positions[i] for i in indices], np.uint64).ravel() % 2**32
+        seeds = jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
+        scalars = jnp.concatenate([scalars, jax.lax.bitcast_convert_type(seeds, jnp.float32)])
+    options = (*kernel.options, ("stochastic", rounding_seed is not None))
+    return f"optadam_{kernel.name}{suffix}_lowp", kernel._replace(options=options), scalars
 
 
 class OnePass(optax.GradientTransformationExtraArgs):
@@ -331,6 +392,7 @@ def native_step(
     grads: optax.Updates,
     params: optax.Params,
     *states: optax.Params,
+    rounding_seed: jax.Array | None = None,
 ) -> tuple[Any, ...] | None:
     """``(new_params, *new_states)`` of a whole step through ``kernel`` (``optadam_<name>_step_*``)
     in one pass, params and states in place; None unless every leaf fits the kernel (the same
@@ -339,6 +401,8 @@ def native_step(
     pass through), so the caller takes the XLA path.
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
+    Low-precision leaves (see :func:`native_leaves`) need the params in the gradients' dtype;
+    ``rounding_seed`` rounds bfloat16 moments stochastically, as ``update`` would.
     """
     if not _native.step_enabled() or jax.default_backend() != "cpu":
         return None
@@ -350,25 +414,29 @@ def native_step(
     every = (*g_leaves, *(x for leaves in s_leaves for x in leaves), *kernel.scalars)
     if not g_leaves or not all(_kernel_traceable(x) for x in every):
         return None
-    groups: dict[Any, list[int]] = {}
     done: dict[int, Sequence[Any]] = {}
+    rest = []
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         if g is None and all(x is None for x in s):  # no param here (Equinox's non-arrays)
             done[i] = s
         elif _empty(g, s):  # nothing to update: the XLA path returns these arrays as they are
             done[i] = [jnp.asarray(x) for x in s]
-        elif _kernel_fits(g, s, kernel.scalars):
-            groups.setdefault(jnp.dtype(g.dtype), []).append(i)
         else:
-            return None
+            rest.append(i)
+    groups = _kernel_groups(
+        kernel, [g_leaves[i] for i in rest], [[s[i] for i in rest] for s in s_leaves], step=True
+    )
     if not groups:
         return None
-    for dtype, indices in groups.items():
+    positions = _positions(g_leaves, len(states))
+    for key, members in groups.items():
+        indices = [rest[m] for m in members]
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
-        scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])
-        name = f"optadam_{kernel.name}_step_{_NATIVE_DTYPES[dtype]}"
+        name, call_kernel, scalars = _group_call(
+            kernel, key, "_step", indices, positions, rounding_seed
+        )
         in_place = {k: k - 1 for k in range(1, len(leaves[0]))}  # params and states
-        outs = _kernel_call(name, kernel, xla, scalars, leaves, in_place, len(in_place))
+        outs = _kernel_call(name, call_kernel, xla, scalars, leaves, in_place, len(in_place))
         done.update(zip(indices, outs, strict=True))
     columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
@@ -396,6 +464,26 @@ def _kernel_fits(g: Any, s: list[Any], scalars: tuple[Any, ...]) -> bool:
         if isinstance(x, QuantizedArray) or x is None or jnp.result_type(x) != dtype:
             return False
         if jnp.shape(x) != jnp.shape(g):
+            return False
+    return all(_on_one_cpu(x) for x in (g, *s))
+
+
+def _lowp_fits(kernel: Kernel, g: Any, s: list[Any], step: bool) -> bool:
+    """A leaf for an ``optadam_<name>[_step]_lowp`` call: float32/bfloat16/float16 gradients,
+    the params (``step``: the first state) in their dtype, moments float32 or bfloat16, no
+    hyperparameter wider than float32, on one CPU."""
+    if kernel.name not in _LOWP_KERNELS or g is None or jnp.size(g) == 0:
+        return False
+    dtype = jnp.dtype(jnp.result_type(g))
+    if dtype not in _LOWP_GRADIENTS:
+        return False
+    if any(jnp.result_type(x, jnp.float32) != jnp.float32 for x in kernel.scalars):
+        return False
+    for k, x in enumerate(s):
+        if isinstance(x, QuantizedArray) or x is None or jnp.shape(x) != jnp.shape(g):
+            return False
+        wanted = (dtype,) if step and k == 0 else _LOWP_MOMENTS
+        if jnp.dtype(jnp.result_type(x)) not in wanted:
             return False
     return all(_on_one_cpu(x) for x in (g, *s))
 

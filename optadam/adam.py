@@ -331,7 +331,8 @@ def adam(
         ),
         scale_by_learning_rate(learning_rate),
     )
-    one_pass = _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate)
+    seeded = stochastic_rounding or state_bits is not None
+    one_pass = _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate, seeded=seeded)
     return with_one_pass(tx, one_pass, takes_clip=True)
 
 
@@ -421,7 +422,10 @@ def adamw(
     )
     if mask is not None:  # a masked decay: update + apply_updates
         return tx
-    one_pass = _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate, weight_decay)
+    seeded = stochastic_rounding or state_bits is not None
+    one_pass = _adam_one_pass(
+        b1, b2, eps, eps_root, nesterov, learning_rate, weight_decay, seeded=seeded
+    )
     return with_one_pass(tx, one_pass, takes_clip=True)
 
 
@@ -433,12 +437,19 @@ def _adam_one_pass(
     nesterov: bool,
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule | None = None,
+    *,
+    seeded: bool = False,
 ) -> Any:
     """``optadam.step``'s one pass for ``chain(scale_by_adam, [add_decayed_weights],
     scale_by_learning_rate)``: the native step kernel with the chain's scalars, each state advanced
     as its transformation advances it; None (so ``update`` + ``apply_updates``) where it does not
-    apply -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``). A
-    ``clip`` (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
+    apply -- e.g. 8-bit state, kernels off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first.
+
+    bfloat16/float16 params take it as ``update`` + ``apply_updates`` round them: u_t to the
+    params' dtype, then (−η)·u_t, then θ + that; with a decay or a clip they take the two calls
+    (both run in the params' dtype there, with λ and c rounded to it). ``seeded``: bfloat16
+    moments are rounded stochastically, with ``update``'s bits."""
     # optax.add_decayed_weights skips a constant zero decay altogether (so 0·inf adds no NaN)
     decays = weight_decay is not None and not (
         isinstance(weight_decay, int | float) and weight_decay == 0.0
@@ -466,6 +477,9 @@ def _adam_one_pass(
             decay_state = [type(schedule)(safe_increment(schedule.count))]
         elif decays:
             wd = weight_decay
+        low = [p for p in jax.tree.leaves(params) if jnp.dtype(jnp.result_type(p)).itemsize < 4]
+        if low and (decays or clip is not None):
+            return None
         kernel = Kernel(
             "adam",
             (*clipping.kernel_scalars(clip), *adam_scalars(b1, b2, eps, eps_root, t), minus_lr, wd),
@@ -473,16 +487,24 @@ def _adam_one_pass(
         )
         c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
 
-        def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
+        def xla(g: Any, p: Any, mu_old: Any, nu_old: Any) -> list[Any]:
+            # update + apply_updates with each result rounded to its storage (map_leaves; the
+            # roundings are identities in float32 and float64); nearest rounding
             if clip is not None:
                 g = clipping.clip_leaf(g, clip)
-            mu, nu = adam_moments(g, mu, nu, b1, b2)
-            u = adam_direction(g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov)
+            wide = _dtypes.compute_dtype(g.dtype)
+            g = g.astype(wide)
+            mu, nu = adam_moments(g, mu_old.astype(wide), nu_old.astype(wide), b1, b2)
+            mu, nu = mu.astype(mu_old.dtype), nu.astype(nu_old.dtype)  # as stored
+            m, v = mu.astype(wide), nu.astype(wide)
+            u = adam_direction(g, m, v, b1, eps, eps_root, c1, c2, c1_next, nesterov).astype(p.dtype)
             if decays:
                 u = u + wd * p
-            return [(p + u * minus_lr).astype(p.dtype), mu, nu]
+            return [(p + (u.astype(wide) * minus_lr).astype(p.dtype)).astype(p.dtype), mu, nu]
 
-        done = native_step(kernel, xla, grads, params, adam_state.mu, adam_state.nu)
+        rounding = _quantize.rounding_seed(t, "adam") if seeded else None
+        mu_nu = (adam_state.mu, adam_state.nu)
+        done = native_step(kernel, xla, grads, params, *mu_nu, rounding_seed=rounding)
         if done is None:
             return None
         new_params, mu, nu = done

@@ -60,6 +60,8 @@ TARGETS += ("optadam_rms_f32", "optadam_rms_f64", "optadam_rms_step_f32", "optad
 TARGETS += ("optadam_rms_momentum_step_f32", "optadam_rms_momentum_step_f64")
 TARGETS += ("optadam_adagrad_f32", "optadam_adagrad_f64")
 TARGETS += ("optadam_adagrad_step_f32", "optadam_adagrad_step_f64")
+# bfloat16/float16 params or bfloat16 moments (math in float32; dtypes read from the buffers)
+TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
 
 
 DEFAULT_OFF = (
@@ -263,10 +265,11 @@ def call(
     aliases: dict[int, int],
     **options: bool,
 ) -> list[list[jax.Array]]:
-    """One kernel call over all ``leaves`` (each a list of same-shape operands of one dtype).
+    """One kernel call over all ``leaves`` (each a list of same-shape operands).
 
     The kernel sees ``scalars`` then every leaf's operands in turn, and returns ``results`` arrays
-    per leaf, shaped like the leaf; ``aliases`` maps a leaf's operand index to the result it is
+    per leaf, shaped like the leaf and in the dtype of the operand aliased to it (else the
+    scalars'); ``aliases`` maps a leaf's operand index to the result it is
     updated in place into (XLA copies first unless the operand was donated).
 
     The kernel is element-wise, so on a sharded computation it runs on each device's shards as
@@ -282,11 +285,16 @@ def call(
         for k, r in aliases.items()
     }
 
+    source = {r: k for k, r in aliases.items()}  # a result's dtype is its operand's
+
     def kernel(scalars: jax.Array, *operands: jax.Array) -> tuple[jax.Array, ...]:
         shapes = [
-            jax.ShapeDtypeStruct(operands[leaf * per_leaf].shape, scalars.dtype)
+            jax.ShapeDtypeStruct(
+                operands[leaf * per_leaf].shape,
+                operands[leaf * per_leaf + source[r]].dtype if r in source else scalars.dtype,
+            )
             for leaf in range(count)
-            for _ in range(results)
+            for r in range(results)
         ]
         run = jax.ffi.ffi_call(name, shapes, input_output_aliases=io)
         return tuple(run(scalars, *operands, **options))
