@@ -497,7 +497,9 @@ def _adam_one_pass(
             mu, nu = adam_moments(g, mu_old.astype(wide), nu_old.astype(wide), b1, b2)
             mu, nu = mu.astype(mu_old.dtype), nu.astype(nu_old.dtype)  # as stored
             m, v = mu.astype(wide), nu.astype(wide)
-            u = adam_direction(g, m, v, b1, eps, eps_root, c1, c2, c1_next, nesterov).astype(p.dtype)
+            u = adam_direction(g, m, v, b1, eps, eps_root, c1, c2, c1_next, nesterov).astype(
+                p.dtype
+            )
             if decays:
                 u = u + wd * p
             return [(p + (u.astype(wide) * minus_lr).astype(p.dtype)).astype(p.dtype), mu, nu]

@@ -48,7 +48,7 @@ TWO_CALLS = {
     "optax_adam": lambda: optax.adam(0.1),
     "sgd_without_momentum": lambda: optadam.sgd(0.1),
     "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1),
-    "adam_bfloat16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.bfloat16),
+    "adam_float16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.float16),
     "adam_8bit": lambda: optadam.adam(0.1, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
     "adam_optax_chain_clipped": lambda: optax.chain(
