@@ -4,13 +4,15 @@ to nearest or stochastically (the same bits), ``update`` and ``optadam.step``.
 
 Moments are held bitwise. Updates are rounded from a float32 direction that is itself not always
 bitwise (XLA rewrites divisions, BUILD_NOTES.md "Native kernels"), so they are held to 2 ulp of
-their storage dtype at the leaf's largest magnitude (float32: 3 ulp, as tests/test_native);
-params after k steps of ``optadam.step`` to (that + 1) · k ulp.
+their storage dtype at the leaf's largest magnitude (float32: 4 ulp; tests/test_native holds 3
+with float32 moments, one element here needed 4 with a bfloat16 one), or at η where AdamW's decay
+cancels the update; params after k steps of ``optadam.step`` to (that + 1) · k ulp.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -92,21 +94,22 @@ def assert_bitwise(a: Any, b: Any) -> None:
     np.testing.assert_array_equal(bits(a)[~nan_a], bits(b)[~nan_b])
 
 
-def assert_close_in_ulps(a: Any, b: Any, n: int) -> None:
-    """``a`` within ``n`` ulp of its dtype at ``b``'s largest magnitude (same NaN and inf)."""
+def assert_close_in_ulps(a: Any, b: Any, n: int, floor: float = 0.0) -> None:
+    """``a`` within ``n`` ulp of its dtype at ``b``'s largest magnitude, or at ``floor`` if
+    larger (same NaN and inf)."""
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     np.testing.assert_array_equal(np.isfinite(a32), np.isfinite(b32))
     finite = np.isfinite(b32)
     np.testing.assert_array_equal(a32[~finite & ~np.isnan(b32)], b32[~finite & ~np.isnan(b32)])
-    scale = np.max(np.abs(b32[finite]), initial=0).astype(a.dtype)
+    scale = np.max(np.abs(b32[finite]), initial=floor).astype(a.dtype)
     ulp = float(np.spacing(scale)) if a.dtype != ml_dtypes.bfloat16 else float(scale) * 2.0**-7
     np.testing.assert_allclose(a32[finite], b32[finite], rtol=0, atol=n * max(ulp, 1e-30))
 
 
 def ulps_for(dtype: Any) -> int:
-    return 3 if jnp.dtype(dtype) == jnp.float32 else 2
+    return 4 if jnp.dtype(dtype) == jnp.float32 else 2
 
 
 @needs_kernels
@@ -126,7 +129,9 @@ def test_kernel_matches_xla_path_moments_bitwise(case: str, step: bool) -> None:
         # params add up each step's difference in the update (and one rounding of θ)
         n = (ulps_for(dtype) + 1) * (k + 1) if step else ulps_for(dtype)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
-            assert_close_in_ulps(a, b, n)
+            # Adam's direction is about 1 in size, so η = 0.1 is the scale of an update's
+            # rounding even where AdamW's decay cancels most of it
+            assert_close_in_ulps(a, b, n, floor=0.0 if step else 0.1)
 
 
 @needs_kernels
@@ -188,11 +193,8 @@ def test_nan_inf_zero_and_subnormal_gradients_as_on_the_xla_path(case: str) -> N
     rng = np.random.default_rng(5)
     g = np.concatenate([SPECIAL, rng.normal(size=77).astype(np.float32) * 1e-3])
     params = {"x": jnp.asarray(rng.normal(size=g.size), dtype)}
-    grads = [
-        {"x": jnp.asarray(g, dtype)},
-        {"x": jnp.asarray(-g[::-1], dtype)},
-        {"x": jnp.asarray(g * 0, dtype)},
-    ]
+    with np.errstate(over="ignore"):  # float16 gradients: 3e38 and 7e4 overflow to inf
+        grads = [{"x": jnp.asarray(x, dtype)} for x in (g, -g[::-1], np.zeros_like(g))]
     for step in (False, True):
         kernel = run(make(case), True, params, grads, step)
         xla = run(make(case), False, params, grads, step)
@@ -235,3 +237,30 @@ def test_what_the_lowp_kernels_leave_to_the_xla_path() -> None:
         )
         assert "optadam_adam_step" not in stepped
         assert "optadam_adam_lowp" in stepped  # the update still takes the kernel
+
+
+def constant(value: Any, count: Any) -> jax.Array:
+    del count
+    return jnp.float32(value)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_params_round_as_xla_converts_special_values(dtype: Any) -> None:
+    """With β1 = β2 = ε = 0 the direction is sign(g) = ±1 exactly, so one step from θ = 0 stores
+    round(−η) in the params' dtype: the kernel's conversion of any float32, NaN payloads too."""
+    params = {"x": jnp.zeros(2, dtype)}
+    grads = {"x": jnp.asarray([1.0, -1.0], dtype)}
+    for lr in np.concatenate([SPECIAL, SPECIAL * 2.0**-100, [np.float32(0.1)]]):
+        got = []
+        for native in (True, False):
+            optadam.set_native_enabled(native)
+            # a schedule's values are not checked (a number η must be finite and >= 0)
+            tx = optadam.adam(partial(constant, lr), b1=0.0, b2=0.0, eps=0.0, mu_dtype=F32)
+            step = jax.jit(lambda g, s, p, tx=tx: optadam.step(tx, g, s, p))
+            got.append(step(grads, tx.init(params), params)[0]["x"])
+            assert (
+                "optadam_adam_step_lowp"
+                in str(jax.make_jaxpr(step)(grads, tx.init(params), params))
+            ) == native
+        np.testing.assert_array_equal(bits(got[0]), bits(got[1]), err_msg=f"η = {lr!r}")
