@@ -210,31 +210,30 @@ struct Float16Storage {
   using Stored = uint16_t;
   static constexpr ffi::DataType kType = ffi::DataType::F16;
   static constexpr bool kExact = false;
+  // Every case computed, then selected: no branch, so the loops vectorize.
   static float Lift(uint16_t x) {
     uint32_t sign = uint32_t{x & 0x8000u} << 16, exponent = (x >> 10) & 0x1Fu, mantissa = x & 0x3FFu;
-    if (exponent == 0) return FloatOf(BitsOf(static_cast<float>(mantissa) * 0x1p-24f) | sign);
-    if (exponent == 31) return FloatOf(sign | 0x7F800000u | (mantissa << 13));
-    return FloatOf(sign | ((exponent + 112) << 23) | (mantissa << 13));
+    uint32_t subnormal = BitsOf(static_cast<float>(mantissa) * 0x1p-24f) | sign;
+    uint32_t special = sign | 0x7F800000u | (mantissa << 13);  // inf, NaN
+    uint32_t normal = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    return FloatOf(exponent == 0 ? subnormal : exponent == 31 ? special : normal);
   }
   static uint16_t Round(float x, uint32_t) {
     uint32_t bits = BitsOf(x), sign = (bits >> 16) & 0x8000u, a = bits & 0x7FFFFFFFu;
-    uint32_t out;
-    if (a > 0x7F800000u) {
-      out = 0x7E00u | ((a >> 13) & 0x3FFu);  // NaN
-    } else if (a >= 0x477FF000u) {
-      out = 0x7C00u;  // inf, or rounds to it
-    } else if (a < 0x38800000u) {  // subnormal half (or zero): m · 2^(e−126) units of 2^-24
-      uint32_t shift = 126 - (a >> 23), mantissa = (a & 0x7FFFFFu) | 0x800000u;
-      if (shift > 24) {
-        out = 0;
-      } else {
-        uint32_t kept = mantissa >> shift, rest = mantissa & ((1u << shift) - 1), half = 1u << (shift - 1);
-        out = kept + (rest > half || (rest == half && (kept & 1u)));
-      }
-    } else {  // normal: rebias the exponent, round the 13 dropped bits to nearest even
-      uint32_t rebiased = a - (112u << 23);
-      out = (rebiased + 0xFFFu + ((rebiased >> 13) & 1u)) >> 13;
-    }
+    uint32_t nan = 0x7E00u | ((a >> 13) & 0x3FFu);
+    // subnormal half (or zero): m · 2^(e−126) in units of 2^-24, to nearest even; a shift of 25
+    // or more leaves 0 (clamped, so every shift stays defined)
+    int32_t shift = 126 - static_cast<int32_t>(a >> 23);
+    shift = shift < 1 ? 1 : shift > 25 ? 25 : shift;
+    uint32_t mantissa = (a & 0x7FFFFFu) | 0x800000u;
+    uint32_t kept = mantissa >> shift, rest = mantissa & ((1u << shift) - 1), half = 1u << (shift - 1);
+    uint32_t subnormal = kept + ((rest > half) | ((rest == half) & kept & 1u));
+    uint32_t rebiased = a - (112u << 23);  // normal: rebias, round the 13 dropped bits
+    uint32_t normal = (rebiased + 0xFFFu + ((rebiased >> 13) & 1u)) >> 13;
+    uint32_t out = a > 0x7F800000u   ? nan
+                   : a >= 0x477FF000u ? 0x7C00u  // inf, or rounds to it (65520 and up)
+                   : a < 0x38800000u  ? subnormal
+                                      : normal;
     return static_cast<uint16_t>(sign | out);
   }
 };
@@ -269,9 +268,10 @@ inline float MixedElement(const AdamScalars<float>& s, float g, typename M::Stor
 }
 
 // Elements [begin, end) of one leaf of the update: u over g (maybe one buffer), rounded to g's
-// storage G; moments in place.
+// storage G; moments in place. The scalars come by value: a float32 result written through a
+// pointer could otherwise alias them, and GCC then does not vectorize the loop.
 template <typename G, typename M, typename N, bool kNesterov>
-void MixedUpdateRange(const AdamScalars<float>& s, const MixedLeaf& b, size_t begin, size_t end) {
+void MixedUpdateRange(AdamScalars<float> s, const MixedLeaf& b, size_t begin, size_t end) {
   const auto* g = static_cast<const typename G::Stored*>(b.in[0]);
   auto* u = static_cast<typename G::Stored*>(b.out[0]);
   auto* __restrict mu = static_cast<typename M::Stored*>(b.out[1]);
@@ -283,13 +283,12 @@ void MixedUpdateRange(const AdamScalars<float>& s, const MixedLeaf& b, size_t be
 }
 
 // Elements [begin, end) of one leaf of a whole step, as update + apply_updates compute it. With
-// float32 params as StepRange (clip and decay chosen per element by select, so one loop serves
-// all four cases). With bfloat16/float16 params (no clip, no decay: the Python falls back) XLA
+// float32 params as StepRange (the clip chosen per element by select: a runtime `decay` there
+// kept GCC from vectorizing, so that one is a template switch). With bfloat16/float16 params (no clip, no decay: the Python falls back) XLA
 // rounds u_t to the params' dtype, then (−η)·u_t, then θ + that: three roundings, and the
 // converts between them keep it from contracting an FMA.
-template <typename G, typename M, typename N, bool kNesterov>
-void MixedStepRange(const StepScalars<float>& s, bool decay, const MixedLeaf& b, size_t begin,
-                    size_t end) {
+template <typename G, typename M, typename N, bool kNesterov, bool kDecay>
+void MixedStepRange(StepScalars<float> s, const MixedLeaf& b, size_t begin, size_t end) {
   const auto* __restrict g = static_cast<const typename G::Stored*>(b.in[0]);
   auto* __restrict theta = static_cast<typename G::Stored*>(b.out[0]);
   auto* __restrict mu = static_cast<typename M::Stored*>(b.out[1]);
@@ -301,8 +300,7 @@ void MixedStepRange(const StepScalars<float>& s, bool decay, const MixedLeaf& b,
     g_t = clip ? clipped : g_t;  // g_t, or (g_t / ‖g‖) · c when clipping
     float u = MixedElement<G, M, N, kNesterov>(s.adam, g_t, mu[i], nu[i], b.seed, i);
     if constexpr (G::kExact) {
-      float decayed = MulAdd(s.weight_decay, G::Lift(theta[i]), u);  // u_t + λ·θ_{t-1}
-      u = decay ? decayed : u;
+      if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
       theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
     } else {
       float step = G::Lift(G::Round(G::Lift(G::Round(u, 0)) * s.minus_lr, 0));  // (−η)·u_t
@@ -404,7 +402,7 @@ ffi::Future AdamLowp(ffi::ThreadPool pool, bool nesterov, bool stochastic, ffi::
     return Done(error);
   }
   if (leaves.empty()) return Done();
-  using Range = void (*)(const AdamScalars<float>&, const MixedLeaf&, size_t, size_t);
+  using Range = void (*)(AdamScalars<float>, const MixedLeaf&, size_t, size_t);
   Range update = nullptr;
   ffi::Error chosen = WithStorage(types[0], types[1], types[2], stochastic, [&](auto g, auto m, auto v) {
     using G = decltype(g);
@@ -447,23 +445,25 @@ ffi::Future AdamStepLowp(ffi::ThreadPool pool, bool nesterov, bool decay, bool s
         "optadam adam step lowp kernel: params in the gradients' dtype; no clip or decay with "
         "bfloat16/float16 params"));
   }
-  using Range = void (*)(const StepScalars<float>&, bool, const MixedLeaf&, size_t, size_t);
+  using Range = void (*)(StepScalars<float>, const MixedLeaf&, size_t, size_t);
   Range step = nullptr;
   ffi::Error chosen = WithStorage(types[0], types[2], types[3], stochastic, [&](auto g, auto m, auto v) {
     using G = decltype(g);
     using M = decltype(m);
     using N = decltype(v);
-    step = nesterov ? MixedStepRange<G, M, N, true> : MixedStepRange<G, M, N, false>;
+    Range ranges[2][2] = {{MixedStepRange<G, M, N, false, false>, MixedStepRange<G, M, N, false, true>},
+                          {MixedStepRange<G, M, N, true, false>, MixedStepRange<G, M, N, true, true>}};
+    step = ranges[nesterov][decay && G::kExact];
     return ffi::Error::Success();
   });
   if (chosen.failure()) return Done(chosen);
   size_t widths[3] = {ffi::ByteWidth(types[1]), ffi::ByteWidth(types[2]), ffi::ByteWidth(types[3])};
   return InParallel<float>(pool, std::move(leaves),
-                           [s, decay, step, widths](const MixedLeaf& b, size_t begin, size_t end) {
+                           [s, step, widths](const MixedLeaf& b, size_t begin, size_t end) {
                              for (int k = 0; k < 3; ++k) {  // θ, mu, nu
                                AliasBytes(b.in[k + 1], b.out[k], widths[k], begin, end);
                              }
-                             step(s, decay, b, begin, end);
+                             step(s, b, begin, end);
                            });
 }
 
