@@ -25,7 +25,7 @@ def step(
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
     operands, so schedules do not recompile). The Adam family and Momentum keep the pass after a
     global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``. Anything else --
-    other transformations, wrappers around these, 8-bit or bfloat16 state, kernels off -- takes
+    other transformations, wrappers around these, 8-bit or float16 moments, kernels off -- takes
     ``update`` + ``apply_updates``.
 
     Example:
