@@ -33,6 +33,7 @@ from optadam._leafwise import (
     abs_sq,
     map_leaves,
     native_step,
+    native_step_8bit,
     safe_increment,
     with_one_pass,
     zero_count,
@@ -476,7 +477,12 @@ def _adam_one_pass(
                 u = u + wd * p
             return [(p + u * minus_lr).astype(p.dtype), mu, nu]
 
-        done = native_step(kernel, xla, grads, params, adam_state.mu, adam_state.nu)
+        moments = (adam_state.mu, adam_state.nu)
+        if _quantize.any_quantized(adam_state.nu):  # state_bits=8: block by block, same seeds
+            seed = _quantize.rounding_seed(t, "adam")  # as scale_by_adam's
+            done = native_step_8bit(kernel, xla, grads, params, *moments, rounding_seed=seed)
+        else:
+            done = native_step(kernel, xla, grads, params, *moments)
         if done is None:
             return None
         new_params, mu, nu = done
