@@ -6,6 +6,14 @@
 // transcribes the Python function of the same name, in the same order, with the rewrites XLA:CPU
 // makes to it where they change a rounding (said where they occur). The Python stays the
 // definition; tests/test_native_8bit.py holds this file to it: identical codes and scales.
+//
+// Built with -fno-trapping-math (this file only, the pragma below; GCC, where clang's default is
+// the same): the flag lets GCC vectorize the encoding loops (their float -> int conversions and
+// selects) and changes no result -- it only stops GCC keeping the floating-point exception flags
+// as a scalar loop would raise them; NaN and inf still propagate as IEEE says.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -29,49 +37,44 @@ inline float Pow2(int k) {
   return out;
 }
 
-// float32(10^-e) for e = 0..7, as _pow10(e, -1) selects them (Python floats rounded once).
-constexpr float kPow10Down[8] = {1.0f, 1e-1f, 1e-2f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f};
-// float32(10^e), exact: the factor _bins scales a decade's magnitudes by.
-constexpr float kPow10Up[7] = {1.0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f, 1e6f};
-
-// The map's value of `code` (_quantize.decode).
+// The map's value of `code` (_quantize.decode), branch-free so that the decoding loop vectorizes.
 inline float Decode(int code, bool is_signed) {
   int n = is_signed ? (code & 127) : code + 1;
-  int k = n == 0 ? 0 : 31 - __builtin_clz(static_cast<unsigned>(n));  // bit_length(n) − 1
+  // k = bit_length(n) − 1 (0 for n = 0): n = 2^K + j
+  int k = (n >= 2) + (n >= 4) + (n >= 8) + (n >= 16) + (n >= 32) + (n >= 64) + (n >= 128);
   float j = static_cast<float>(n - (1 << k));
-  int kmax = is_signed ? kMaxKSigned : kMaxKUnsigned;
+  int e = (is_signed ? kMaxKSigned : kMaxKUnsigned) - k;
+  // 10^-E (_pow10), float32 constants selected by E compared as a float: GCC turns a chain of
+  // integer comparisons into a table lookup, which does not vectorize
+  const float exponent = static_cast<float>(e);
+  float pow10 = 1.0f;
+  pow10 = exponent > 0.5f ? 1e-1f : pow10;
+  pow10 = exponent > 1.5f ? 1e-2f : pow10;
+  pow10 = exponent > 2.5f ? 1e-3f : pow10;
+  pow10 = exponent > 3.5f ? 1e-4f : pow10;
+  pow10 = exponent > 4.5f ? 1e-5f : pow10;
+  pow10 = exponent > 5.5f ? 1e-6f : pow10;
+  pow10 = exponent > 6.5f ? 1e-7f : pow10;
   // value(E, j) = 10^-E · (0.1 + 0.9 · (j + ½) / 2^K); the product with 2^-K is exact, so
   // whether XLA contracts the sum into an FMA does not matter
-  float value = kPow10Down[kmax - k] * (0.9f * (j + 0.5f) * Pow2(-k) + 0.1f);
+  float value = pow10 * (0.9f * (j + 0.5f) * Pow2(-k) + 0.1f);
   if (is_signed) {
-    if (n == 0) return code == 128 ? 1.0f : 0.0f;
-    return code >= 128 ? -value : value;
+    float special = code == 128 ? 1.0f : 0.0f;
+    return n == 0 ? special : (code >= 128 ? -value : value);
   }
   return code == 0 ? 0.0f : (code == 255 ? 1.0f : value);
 }
 
-// Both maps, one value per code, built once from Decode.
-struct Maps {
-  float signed_values[256];
-  float unsigned_values[256];
-  Maps() {
-    for (int c = 0; c < 256; ++c) {
-      signed_values[c] = Decode(c, true);
-      unsigned_values[c] = Decode(c, false);
-    }
-  }
-};
-const Maps kMaps;
-
-// float -> int32 as XLA:CPU converts: NaN to 0, out-of-range values saturated.
-inline int32_t ToInt32(float x) {
-  if (std::isnan(x)) return 0;
-  if (x >= 2147483648.0f) return std::numeric_limits<int32_t>::max();
-  if (x < -2147483648.0f) return std::numeric_limits<int32_t>::min();
-  return static_cast<int32_t>(x);
+// ⌊x⌋ converted to int32 as XLA:CPU converts (NaN to 0, out-of-range values saturated), then
+// clipped to [lo, hi] (jnp.clip): clamping first in float32 gives the same for every x, and keeps
+// the loop vectorizable.
+inline int32_t FloorClip(float x, int32_t lo, int32_t hi) {
+  float f = std::floor(x);
+  f = f > static_cast<float>(hi) ? static_cast<float>(hi) : f;
+  f = f < static_cast<float>(lo) ? static_cast<float>(lo) : f;
+  f = f != f ? 0.0f : f;  // NaN: 0, inside [lo, hi] for both callers (lo <= 0 <= hi)
+  return static_cast<int32_t>(f);
 }
-
-inline int32_t Clip(int32_t x, int32_t lo, int32_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 // _bins: the decade E of a magnitude a (six comparisons), K = kmax − E, r = a · 10^E.
 struct Bins {
@@ -81,7 +84,13 @@ struct Bins {
 };
 inline Bins GetBins(float a, int kmax) {
   int exponent = (a < 1e-1f) + (a < 1e-2f) + (a < 1e-3f) + (a < 1e-4f) + (a < 1e-5f) + (a < 1e-6f);
-  float r = exponent == 0 ? a : a * kPow10Up[exponent];
+  float r = a;  // a · 10^E, selected as _bins does (no table: the loop stays vectorizable)
+  r = a < 1e-1f ? a * 1e1f : r;
+  r = a < 1e-2f ? a * 1e2f : r;
+  r = a < 1e-3f ? a * 1e3f : r;
+  r = a < 1e-4f ? a * 1e4f : r;
+  r = a < 1e-5f ? a * 1e5f : r;
+  r = a < 1e-6f ? a * 1e6f : r;
   int k = kmax - exponent;
   return {k, r, 0.9f * Pow2(-k)};
 }
@@ -90,16 +99,20 @@ inline Bins GetBins(float a, int kmax) {
 inline uint8_t EncodeSigned(float y) {
   float a = std::fabs(y);
   Bins b = GetBins(a, kMaxKSigned);
-  int32_t j = Clip(ToInt32(std::floor((b.r - 0.1f) / b.width)), 0, (1 << b.k) - 1);
+  int32_t j = FloorClip((b.r - 0.1f) / b.width, 0, (1 << b.k) - 1);
   // width / 2 and width / 5 are exact scalings of 0.9 · 2^-K's constant (XLA folds them so):
   // the midpoints round the same either way
   bool last = b.k == kMaxKSigned - 6;
   float midpoint = last ? (0.1f + b.width / 2) / 2 : 0.1f + b.width / 5;
-  int32_t n = (1 << b.k) + j - ((j == 0) & (b.r < midpoint));
+  // n = 2^K + j − (j == 0 and r < midpoint), the condition as an all-ones mask (a bool in that
+  // sum keeps GCC from vectorizing the loop)
+  const int32_t below = -static_cast<int32_t>(b.r < midpoint), first = -static_cast<int32_t>(j == 0);
+  int32_t n = (1 << b.k) + j + (below & first);
   const float near_one = static_cast<float>(1.0 - 0.225 * std::ldexp(1.0, -kMaxKSigned));
-  bool one = a > near_one;
-  n = (one && y > 0) ? 128 : n;
-  n = (y < 0 && n > 0) ? (n | 128) : n;
+  // n = 128 (1.0) if nearer 1.0 and y > 0; then the sign bit if y < 0 and n > 0 (as masks)
+  const int32_t one = -static_cast<int32_t>(a > near_one) & -static_cast<int32_t>(y > 0);
+  n = (one & 128) | (~one & n);
+  n |= -static_cast<int32_t>(y < 0) & -static_cast<int32_t>(n > 0) & 128;
   return static_cast<uint8_t>(n);
 }
 
@@ -108,7 +121,7 @@ inline uint8_t EncodeSigned(float y) {
 inline uint8_t EncodeStochastic(float a, float uniform) {
   Bins b = GetBins(a, kMaxKUnsigned);
   int32_t top = (1 << b.k) - 1;
-  int32_t j = Clip(ToInt32(std::floor((b.r - 0.1f) / b.width - 0.5f)), -1, top);  // centre <= r
+  int32_t j = FloorClip((b.r - 0.1f) / b.width - 0.5f, -1, top);  // centre <= r
   // lo = 0.1 + (j + ½) · width: XLA:CPU contracts it into one FMA
   float lo = MulAdd(static_cast<float>(j) + 0.5f, b.width, 0.1f);
   lo = j >= 0 ? lo : (b.k == 1 ? 0.0f : 0.1f - b.width / 10);
@@ -185,47 +198,71 @@ struct Leaf8 {
   float* nu_scales = nullptr;
 };
 
-// max(m, |x|) as XLA's reduce_max over abs: a NaN wins and stays.
-inline float MaxAbs(float m, float x) {
-  float a = std::fabs(x);
-  return (a > m || std::isnan(a)) ? a : m;
-}
-
 // max(x, 0) as jnp.maximum: a NaN stays NaN.
 inline float NonNegative(float x) { return std::isnan(x) ? x : (x > 0.0f ? x : 0.0f); }
+
+// max_b |x| as quantize's reduce_max over abs, a NaN winning: the bits of |x| compared as
+// integers order every non-negative float, and put NaN above inf (an integer maximum vectorizes;
+// a float one that keeps NaN does not).
+inline float MaxAbs(const float* __restrict x, size_t len) {
+  int32_t most = 0;
+  for (size_t i = 0; i < len; ++i) {
+    int32_t bits;
+    std::memcpy(&bits, &x[i], sizeof(bits));
+    bits &= 0x7FFFFFFF;
+    most = bits > most ? bits : most;
+  }
+  float out;
+  std::memcpy(&out, &most, sizeof(out));
+  return out;
+}
 
 // The reciprocal quantize divides a block by: XLA:CPU rewrites blocks / scale into
 // blocks · (1 / scale), one division per block.
 inline float InverseScale(float scale) { return 1.0f / (scale > 0.0f ? scale : 1.0f); }
 
+// Makes `len` elements of `out` at `at` hold `in`'s, so the block is updated in place: nothing to
+// do when XLA aliased the two (a donated state), a copy otherwise.
+template <typename T>
+inline void Alias(const T* in, T* out, size_t at, size_t len) {
+  if (in != out) std::memcpy(out + at, in + at, len * sizeof(T));
+}
+
 // One block of `len` elements starting at flat position `start`, scales at `block`: the step of
-// every element, then the block's new scales, then its codes. `mu` and `root` hold the block's
-// new m and √v between the two passes.
+// every element (map_leaves: dequantize, adam_moments, the direction from the float32 moments;
+// then the chain and apply_updates), then the block's new scales, then its codes. `mu` and
+// `root` hold the block's new m and √v between the passes. Each pass is a vectorizable loop.
 template <bool kNesterov, bool kDecay>
-void StepBlock(const StepScalars& s, const Leaf8& leaf, size_t start, size_t len, size_t block,
-               float* __restrict mu, float* __restrict root) {
+void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size_t len,
+               size_t block, float* __restrict mu, float* __restrict root) {
+  const StepScalars s = scalars;
+  Alias(leaf.theta_in, leaf.theta, start, len);
+  Alias(leaf.mu_codes_in, leaf.mu_codes, start, len);
+  Alias(leaf.nu_codes_in, leaf.nu_codes, start, len);
   const float mu_scale = leaf.mu_scales_in[block], nu_scale = leaf.nu_scales_in[block];
-  float mu_max = 0.0f, root_max = 0.0f;
+  const float* __restrict g = leaf.g + start;
+  float* __restrict theta = leaf.theta + start;
+  uint8_t* __restrict mu_codes = leaf.mu_codes + start;
+  uint8_t* __restrict nu_codes = leaf.nu_codes + start;
   for (size_t i = 0; i < len; ++i) {
-    const size_t at = start + i;
-    float m = kMaps.signed_values[leaf.mu_codes_in[at]] * mu_scale;  // dequantize m_{t-1}
-    float r = kMaps.unsigned_values[leaf.nu_codes_in[at]] * nu_scale;
-    float v = r * r;  // dequantize v_{t-1}: the codes store √v
-    float u = AdamElement<float, kNesterov>(s.adam, leaf.g[at], m, v);
-    if (kDecay) u = MulAdd(s.weight_decay, leaf.theta_in[at], u);  // u_t + λ·θ_{t-1}
-    leaf.theta[at] = MulAdd(u, s.minus_lr, leaf.theta_in[at]);     // θ_t = θ_{t-1} + u_t·(−η)
+    float m = Decode(mu_codes[i], true) * mu_scale;  // m_{t-1}, dequantized
+    float r = Decode(nu_codes[i], false) * nu_scale;
+    float v = r * r;  // v_{t-1}, dequantized: the codes store √v
+    float u = AdamElement<float, kNesterov>(s.adam, g[i], m, v);
+    if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
+    theta[i] = MulAdd(u, s.minus_lr, theta[i]);           // θ_t = θ_{t-1} + u_t·(−η)
     mu[i] = m;
     root[i] = std::sqrt(NonNegative(v));  // quantize stores √max(v_t, 0)
-    mu_max = MaxAbs(mu_max, m);
-    root_max = MaxAbs(root_max, root[i]);
   }
-  leaf.mu_scales[block] = mu_max;  // s_b = max_b |m|
+  const float mu_max = MaxAbs(mu, len), root_max = MaxAbs(root, len);
+  leaf.mu_scales[block] = mu_max;    // s_b = max_b |m|
   leaf.nu_scales[block] = root_max;  // s_b = max_b √v
   const float mu_inverse = InverseScale(mu_max), root_inverse = InverseScale(root_max);
+  const uint32_t seed = leaf.seed, first = static_cast<uint32_t>(start);
   for (size_t i = 0; i < len; ++i) {
-    leaf.mu_codes[start + i] = EncodeSigned(mu[i] * mu_inverse);
-    float uniform = Uniform(static_cast<uint32_t>(start + i), leaf.seed);
-    leaf.nu_codes[start + i] = EncodeStochastic(root[i] * root_inverse, uniform);
+    mu_codes[i] = EncodeSigned(mu[i] * mu_inverse);
+    float uniform = Uniform(first + static_cast<uint32_t>(i), seed);
+    nu_codes[i] = EncodeStochastic(root[i] * root_inverse, uniform);
   }
 }
 
