@@ -201,17 +201,22 @@ struct Leaf8 {
 // max(x, 0) as jnp.maximum: a NaN stays NaN.
 inline float NonNegative(float x) { return std::isnan(x) ? x : (x > 0.0f ? x : 0.0f); }
 
-// max_b |x| as quantize's reduce_max over abs, a NaN winning: the bits of |x| compared as
-// integers order every non-negative float, and put NaN above inf (an integer maximum vectorizes;
-// a float one that keeps NaN does not).
+// max_b |x| as quantize's reduce_max over abs computes it in XLA:CPU's step, where the reduction
+// runs in YNNPACK: NaN elements are skipped (a block of NaN only has the reduction's initial value
+// −inf), not propagated as jnp.max says -- so a NaN gradient leaves its block's other moments
+// readable. (One case is not mirrored: there a NaN in the block's last element gives −inf, an
+// artifact of YNNPACK's lane order; BUILD_NOTES.md.) The bits of |x| compared as integers order
+// every non-negative float, NaN above inf, and an integer maximum vectorizes.
 inline float MaxAbs(const float* __restrict x, size_t len) {
-  int32_t most = 0;
+  int32_t most = -1;  // no number yet
   for (size_t i = 0; i < len; ++i) {
     int32_t bits;
     std::memcpy(&bits, &x[i], sizeof(bits));
     bits &= 0x7FFFFFFF;
+    bits = bits > 0x7F800000 ? -1 : bits;  // NaN: skipped
     most = bits > most ? bits : most;
   }
+  if (most < 0) return -std::numeric_limits<float>::infinity();
   float out;
   std::memcpy(&out, &most, sizeof(out));
   return out;
