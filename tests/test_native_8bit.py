@@ -23,7 +23,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optadam
-from optadam._quantize import MIN_QUANTIZED_SIZE, QuantizedArray
+from optadam._quantize import MIN_QUANTIZED_SIZE, QuantizedArray, decode
 
 # Rows of 300 (a short last block), a 1-D leaf, 3-D leaves whose rows are the last axis (700) or
 # the last two merged (16 · 16), one split over the thread pool (> 65,536 elements, rows of 301),
@@ -42,14 +42,18 @@ EIGHT_BIT = {
     "adam": lambda: optadam.adam(0.01, state_bits=8),
     "adamw": lambda: optadam.adamw(0.01, weight_decay=0.1, state_bits=8),
     "nadam": lambda: optadam.nadam(0.01, state_bits=8),
-    "adam_eps_root": lambda: optadam.adam(0.01, b1=0.5, eps=0.0, eps_root=1e-8, state_bits=8),
-    "adam_block_100": lambda: optadam.adam(0.01, state_bits=8, block_size=100),
     "adamw_schedules": lambda: optadam.adamw(
         optax.linear_schedule(0.01, 0.001, 10),
         weight_decay=optax.linear_schedule(0.1, 0.0, 8),
         state_bits=8,
     ),
+    # XLA contracts these programs' moving averages into other FMAs than the ones above (β1 = ½
+    # becomes (m + g)·½ with the dequantizing product fused; with 100-element blocks the FMA
+    # takes (1 − β2)·g² instead of β2·v): m or v then differs by 1 ulp, now and then a code
+    "adam_eps_root": lambda: optadam.adam(0.01, b1=0.5, eps=0.0, eps_root=1e-8, state_bits=8),
+    "adam_block_100": lambda: optadam.adam(0.01, state_bits=8, block_size=100),
 }
+CONTRACTED_OTHERWISE = ("adam_eps_root", "adam_block_100")
 
 
 def random_tree(rng: np.random.Generator, shapes: dict = SHAPES, dtype: Any = jnp.float32) -> dict:
@@ -122,7 +126,9 @@ def test_the_8bit_state_is_what_the_kernel_reads():
 def test_one_pass_8bit_step_gives_the_xla_path_codes_and_scales_every_step(name):
     """From the same params and state each step, 20 steps: the same codes (the second moment's
     stochastic ones included: the same random bits), scales and float32 moments, bit for bit,
-    and params within Adam's bound."""
+    and params within Adam's bound. Where XLA contracts the moving averages otherwise, scales
+    within 1 ulp and codes one map value apart, in under 1e-5 of the elements (measured: 1-3 in
+    4.8 million)."""
     rng = np.random.default_rng(1)
     params = random_tree(rng)
     tx, one = jitted_step(EIGHT_BIT[name], native=True)
@@ -130,13 +136,41 @@ def test_one_pass_8bit_step_gives_the_xla_path_codes_and_scales_every_step(name)
     tx_xla, xla = jitted_step(EIGHT_BIT[name], native=False)
     assert "adam8" not in traced(tx_xla, params)
     p, s = params, tx.init(params)
+    differing = total = 0
     for _ in range(STEPS):
         g = gradients(rng)
         p_one, s_one = one(p, s, g)
         p_xla, s_xla = xla(p, s, g)
-        assert_states_equal(s_one, s_xla)
+        if name in CONTRACTED_OTHERWISE:
+            differing += codes_one_value_apart(s_one, s_xla)
+            total += sum(x.size for x in jax.tree.leaves(s_xla) if x.dtype == jnp.uint8)
+        else:
+            assert_states_equal(s_one, s_xla)
         assert_params_within_adam_bound(p_one, p_xla, p)
         p, s = p_xla, s_xla
+    assert differing <= 1e-5 * total
+
+
+def codes_one_value_apart(a: Any, b: Any) -> int:
+    """How many codes differ between states ``a`` and ``b``, checking that each differs by one
+    value of its map, each scale by at most 1 ulp, and everything else not at all."""
+    differing = 0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype == np.uint8:
+            differing += int(np.sum(x != y))
+            continue
+        if x.dtype == np.float32 and x.ndim:
+            assert np.all(np.abs(x.view(np.int32) - y.view(np.int32)) <= 1)
+            continue
+        np.testing.assert_array_equal(x, y)
+    for field, signed in (("mu", True), ("nu", False)):
+        order = np.argsort(np.asarray(decode(jnp.arange(256, dtype=jnp.uint8), signed)))
+        rank = np.argsort(order)  # a code's place in its map, by value
+        for x, y in zip(*(jax.tree.leaves(getattr(t[0], field)) for t in (a, b)), strict=True):
+            if x.dtype == jnp.uint8:
+                assert np.all(np.abs(rank[np.asarray(x)] - rank[np.asarray(y)]) <= 1)
+    return differing
 
 
 @needs_kernels
