@@ -40,8 +40,12 @@ inline float Pow2(int k) {
 // The map's value of `code` (_quantize.decode), branch-free so that the decoding loop vectorizes.
 inline float Decode(int code, bool is_signed) {
   int n = is_signed ? (code & 127) : code + 1;
-  // k = bit_length(n) − 1 (0 for n = 0): n = 2^K + j
-  int k = (n >= 2) + (n >= 4) + (n >= 8) + (n >= 16) + (n >= 32) + (n >= 64) + (n >= 128);
+  // k = max(bit_length(n) − 1, 0): n = 2^K + j; bit_length(n) − 1 is the exponent of float(n)
+  const float n_float = static_cast<float>(n);
+  uint32_t n_bits;
+  std::memcpy(&n_bits, &n_float, sizeof(n_bits));
+  int k = static_cast<int>(n_bits >> 23) - 127;
+  k = k > 0 ? k : 0;
   float j = static_cast<float>(n - (1 << k));
   int e = (is_signed ? kMaxKSigned : kMaxKUnsigned) - k;
   // 10^-E (_pow10), float32 constants selected by E compared as a float: GCC turns a chain of
