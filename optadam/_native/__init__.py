@@ -39,7 +39,7 @@ from jax.experimental.custom_partitioning import SdyShardingRule, custom_partiti
 from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("adam.cc", "momentum.cc", "rms.cc")
+SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc")
 SOURCES += ("adam8.cc",)
 HEADERS = ("leaves.h",)
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
