@@ -40,7 +40,8 @@ TWO_CALLS = {
     "sgd_without_momentum": lambda: optadam.sgd(0.1),
     "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1),
     "adam_bfloat16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.bfloat16),
-    "amsgrad_8bit": lambda: optadam.amsgrad(0.1, state_bits=8),  # 8-bit Adam: test_native_8bit
+    # 8-bit Adam takes a one pass of its own: tests/test_native_8bit.py
+    "sgd_momentum_8bit": lambda: optadam.sgd(0.1, momentum=0.9, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
 }
 
