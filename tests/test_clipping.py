@@ -120,7 +120,7 @@ GRADIENTS = {
 }
 
 
-@pytest.mark.parametrize("max_norm", [1.0, 0.0, 1e-30])
+@pytest.mark.parametrize("max_norm", [1.0, 0.0, 1e-30, float("inf")])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", GRADIENTS)
 def test_clip_by_global_norm_equals_optax_bitwise(case, dtype, max_norm, request):
@@ -151,9 +151,10 @@ def test_clip_by_global_norm_passes_none_leaves_and_takes_an_array_max_norm():
     np.testing.assert_allclose(float(optax.tree.norm(got)), 2.0, rtol=1e-6)
 
 
-def test_clip_by_global_norm_rejects_a_negative_max_norm():
-    with pytest.raises(ValueError, match=r"max_norm must be finite and >= 0, got -1.0"):
-        optadam.clip_by_global_norm(-1.0)
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), -float("inf")])
+def test_clip_by_global_norm_rejects_a_negative_or_nan_max_norm(bad):
+    with pytest.raises(ValueError, match=r"max_norm must be >= 0 \(inf: no bound\), got"):
+        optadam.clip_by_global_norm(bad)
 
 
 @pytest.mark.parametrize("name", ONE_PASS)
