@@ -59,7 +59,8 @@ from optadam._leafwise import with_one_pass
 Shapes = dict[str, tuple[int, ...]]
 
 # Arrays an ideal single-pass update reads and writes per parameter (p, g and each moment).
-ARRAYS_MOVED = {"sgd_momentum": 5, "rmsprop": 5, "adam": 7, "adamw": 7}
+# Clipping by the global norm reads the gradients once more, for the norm.
+ARRAYS_MOVED = {"sgd_momentum": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adamw_clip": 8}
 # Bytes per parameter of the same ideal pass where moments are not float32: p and g 12, m and v
 # read and written (1 byte each in 8 bits, 2 in bfloat16).
 BYTES_MOVED = {
@@ -102,7 +103,16 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
         "optax": lambda: optax.adamw(1e-3),
     },
 }
-TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then AdamW
+    "optadam": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3)),
+    "optadam_step": lambda: native_path(
+        optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3))
+    ),
+    "optax": lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)),
+}
+TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
+                    "adamw_clip": "AdamW"}  # fmt: skip
+CLIP_NORM = {"adamw_clip": 1.0}  # torch: clip_grad_norm_ before the optimizer's step
 
 
 def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -235,8 +245,17 @@ class JaxContender:
 
 
 class TorchContender:
-    def __init__(self, name: str, options: dict[str, bool], shapes: Shapes, seed: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: dict[str, bool],
+        shapes: Shapes,
+        seed: int,
+        clip_norm: float | None = None,
+    ) -> None:
         import torch
+
+        self.clip_norm = clip_norm
 
         generator = torch.Generator().manual_seed(seed)
         self.params = [
@@ -256,7 +275,12 @@ class TorchContender:
         )
 
     def run(self, steps: int) -> None:
+        import torch
+
+        foreach = self.optimizer.defaults.get("foreach") or self.optimizer.defaults.get("fused")
         for _ in range(steps):
+            if self.clip_norm is not None:  # torch.optim's clipping: the norm, then a scale
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=foreach)
             self.optimizer.step()
 
 
@@ -312,7 +336,9 @@ def bench_case(
             if label != "optadam_grouped" or groups_anything(tx, params)
         }
         for label, options in torch_options(TORCH_OPTIMIZERS[name]).items():
-            contenders[label] = TorchContender(TORCH_OPTIMIZERS[name], options, shapes, seed=0)
+            contenders[label] = TorchContender(
+                TORCH_OPTIMIZERS[name], options, shapes, seed=0, clip_norm=CLIP_NORM.get(name)
+            )
         samples: dict[str, list[float]] = {label: [] for label in contenders}
         for contender in contenders.values():
             contender.run(2)  # warm-up
