@@ -47,13 +47,16 @@ EIGHT_BIT = {
         weight_decay=optax.linear_schedule(0.1, 0.0, 8),
         state_bits=8,
     ),
+    "adam_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(0.5), optadam.adam(0.01, state_bits=8)
+    ),
     # XLA contracts these programs' moving averages into other FMAs than the ones above (β1 = ½
     # becomes (m + g)·½ with the dequantizing product fused; with 100-element blocks the FMA
     # takes (1 − β2)·g² instead of β2·v): m or v then differs by 1 ulp, now and then a code
     "adam_eps_root": lambda: optadam.adam(0.01, b1=0.5, eps=0.0, eps_root=1e-8, state_bits=8),
     "adam_block_100": lambda: optadam.adam(0.01, state_bits=8, block_size=100),
 }
-CONTRACTED_OTHERWISE = ("adam_eps_root", "adam_block_100")
+CONTRACTED_OTHERWISE = ("adam_clipped", "adam_eps_root", "adam_block_100")
 
 
 def random_tree(rng: np.random.Generator, shapes: dict = SHAPES, dtype: Any = jnp.float32) -> dict:
@@ -151,6 +154,12 @@ def test_one_pass_8bit_step_gives_the_xla_path_codes_and_scales_every_step(name)
     assert differing <= 1e-5 * total
 
 
+def adam_state_of(state: Any) -> Any:
+    """The ``ScaleByAdamState`` in a chain's state."""
+    is_adam = lambda x: isinstance(x, optadam.ScaleByAdamState)  # noqa: E731
+    return next(x for x in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(x))
+
+
 def codes_one_value_apart(a: Any, b: Any) -> int:
     """How many codes differ between states ``a`` and ``b``, checking that each differs by one
     value of its map, each scale by at most 1 ulp, and everything else not at all."""
@@ -167,7 +176,8 @@ def codes_one_value_apart(a: Any, b: Any) -> int:
     for field, signed in (("mu", True), ("nu", False)):
         order = np.argsort(np.asarray(decode(jnp.arange(256, dtype=jnp.uint8), signed)))
         rank = np.argsort(order)  # a code's place in its map, by value
-        for x, y in zip(*(jax.tree.leaves(getattr(t[0], field)) for t in (a, b)), strict=True):
+        adam_states = (adam_state_of(t) for t in (a, b))
+        for x, y in zip(*(jax.tree.leaves(getattr(t, field)) for t in adam_states), strict=True):
             if x.dtype == jnp.uint8:
                 assert np.all(np.abs(rank[np.asarray(x)] - rank[np.asarray(y)]) <= 1)
     return differing

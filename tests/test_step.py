@@ -33,6 +33,15 @@ ONE_PASS = {
         optax.cosine_decay_schedule(0.1, 10), weight_decay=optax.linear_schedule(0.3, 0.0, 8)
     ),
     "adamw_array_lr": lambda: optadam.adamw(jnp.asarray(0.05), weight_decay=0.1),
+    # global-norm clipping joins the pass (‖g‖ is about 14 here: 1.0 clips every step, 1e3 none)
+    "adam_clipped": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adam(0.1)),
+    "adamw_schedules_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(jnp.asarray(5.0)),
+        optadam.adamw(optax.cosine_decay_schedule(0.1, 10), weight_decay=0.3),
+    ),
+    "nadam_below_max_norm": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1e3), optadam.nadam(0.1)
+    ),
 }
 TWO_CALLS = {
     "adamw_masked": lambda: optadam.adamw(0.1, mask=lambda p: {k: k != "w" for k in p}),
@@ -43,6 +52,15 @@ TWO_CALLS = {
     # 8-bit Adam takes a one pass of its own: tests/test_native_8bit.py
     "sgd_momentum_8bit": lambda: optadam.sgd(0.1, momentum=0.9, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
+    "adam_optax_chain_clipped": lambda: optax.chain(
+        optax.clip_by_global_norm(1.0), optadam.adam(0.1)
+    ),
+    "rmsprop_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1)
+    ),
+    "adam_8bit_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.adam(0.1, state_bits=8)
+    ),
 }
 
 
@@ -242,3 +260,20 @@ def test_one_pass_is_on_by_default_for_step_only_and_the_switches_turn_it_off(mo
     monkeypatch.delenv("OPTADAM_NATIVE")
     optadam.set_native_enabled(False)
     assert "optadam_adam" not in traced(True)
+
+
+@needs_kernels
+def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
+    """A model filtered to its arrays (``eqx.filter``) has None where it holds functions; those
+    leaves have no param, gradient or moment, and the rest still takes the one pass."""
+    rng = np.random.default_rng(7)
+    arrays = random_tree(rng, jnp.float32)
+    params = {**arrays, "activation": None}
+    grads = [{**random_tree(rng, jnp.float32), "activation": None} for _ in range(4)]
+    for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
+        one, s_one, traced = trajectory(make, True, True, params, grads, False)
+        two, s_two, _ = trajectory(make, True, False, params, grads, False)
+        assert "_step_f32" in traced
+        assert all(p["activation"] is None for p in one)
+        assert_same(one, two)
+        assert_same(s_one, s_two)

@@ -173,8 +173,10 @@ inline T AdamElement(const AdamScalars<T>& s, T g, T& mu, T& nu) {
   return mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
 }
 
-// optadam.step's scalars, as adam.py's one-pass recipe lists them: Adam's, −η, λ.
+// optadam.step's scalars, as adam.py's one-pass recipe lists them: the global-norm clip in front
+// (leaves.h; "no clip" without one), Adam's, −η, λ.
 struct StepScalars {
+  ClipScalars<float> clip;
   AdamScalars<float> adam;
   float minus_lr, weight_decay;
 };
@@ -241,7 +243,7 @@ inline void Alias(const T* in, T* out, size_t at, size_t len) {
 // every element (map_leaves: dequantize, adam_moments, the direction from the float32 moments;
 // then the chain and apply_updates), then the block's new scales, then its codes. `mu` and
 // `root` hold the block's new m and √v between the passes. Each pass is a vectorizable loop.
-template <bool kNesterov, bool kDecay>
+template <bool kNesterov, bool kDecay, bool kClip>
 void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size_t len,
                size_t block, float* __restrict mu, float* __restrict root) {
   const StepScalars s = scalars;
@@ -257,7 +259,8 @@ void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size
     float m = Decode(mu_codes[i], true) * mu_scale;  // m_{t-1}, dequantized
     float r = Decode(nu_codes[i], false) * nu_scale;
     float v = r * r;  // v_{t-1}, dequantized: the codes store √v
-    float u = AdamElement<float, kNesterov>(s.adam, g[i], m, v);
+    float g_t = Clipped<float, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    float u = AdamElement<float, kNesterov>(s.adam, g_t, m, v);
     if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
     theta[i] = MulAdd(u, s.minus_lr, theta[i]);           // θ_t = θ_{t-1} + u_t·(−η)
     mu[i] = m;
@@ -277,7 +280,7 @@ void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size
 
 // The blocks of `leaf` that start in elements [begin, end): a block belongs to the range holding
 // its first element, so ranges split at any element and every block is done exactly once.
-template <bool kNesterov, bool kDecay>
+template <bool kNesterov, bool kDecay, bool kClip>
 void StepRange(const StepScalars& s, size_t block_size, const Leaf8& leaf, size_t begin,
                size_t end) {
   std::vector<float> scratch(2 * block_size);
@@ -288,7 +291,7 @@ void StepRange(const StepScalars& s, size_t block_size, const Leaf8& leaf, size_
       if (start < begin) continue;
       if (start >= end) break;
       const size_t len = std::min(block_size, leaf.row - b * block_size);
-      StepBlock<kNesterov, kDecay>(s, leaf, start, len, row * leaf.blocks_per_row + b,
+      StepBlock<kNesterov, kDecay, kClip>(s, leaf, start, len, row * leaf.blocks_per_row + b,
                                    scratch.data(), scratch.data() + block_size);
     }
   }
@@ -356,7 +359,7 @@ ffi::Error GetLeaf8(const ffi::RemainingArgs& args, const ffi::RemainingRets& re
   return ffi::Error::Success();
 }
 
-// Operands: the scalars (float32), then per leaf (g, θ, mu codes, mu scales, nu codes, nu scales,
+// Operands: the scalars (float32, StepScalars), then per leaf (g, θ, mu codes, mu scales, nu codes, nu scales,
 // seed); results per leaf (θ, mu codes, mu scales, nu codes, nu scales), in place. Split over
 // XLA's thread pool as the other kernels are (InParallel), a block never split between ranges.
 ffi::Future Adam8Step(ffi::ThreadPool pool, bool nesterov, bool decay, int64_t block_size,
@@ -376,8 +379,14 @@ ffi::Future Adam8Step(ffi::ThreadPool pool, bool nesterov, bool decay, int64_t b
       return Done(error);
     }
   }
-  auto step = nesterov ? (decay ? StepRange<true, true> : StepRange<true, false>)
-                       : (decay ? StepRange<false, true> : StepRange<false, false>);
+  using Range = void (*)(const StepScalars&, size_t, const Leaf8&, size_t, size_t);
+  // [nesterov][decay][clip]; whether to clip is known only now, from this step's norm
+  static constexpr Range kRanges[2][2][2] = {
+      {{StepRange<false, false, false>, StepRange<false, false, true>},
+       {StepRange<false, true, false>, StepRange<false, true, true>}},
+      {{StepRange<true, false, false>, StepRange<true, false, true>},
+       {StepRange<true, true, false>, StepRange<true, true, true>}}};
+  Range step = kRanges[nesterov][decay][s.clip.clip != 0];
   return InParallel<float>(pool, std::move(leaves),
                            [s, bs, step](const Leaf8& leaf, size_t begin, size_t end) {
                              step(s, bs, leaf, begin, end);
