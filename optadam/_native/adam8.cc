@@ -5,7 +5,8 @@
 // The formats are optadam/_quantize.py's (read its module docstring); each function below
 // transcribes the Python function of the same name, in the same order, with the rewrites XLA:CPU
 // makes to it where they change a rounding (said where they occur). The Python stays the
-// definition; tests/test_native_8bit.py holds this file to it: identical codes and scales.
+// definition; tests/test_native_8bit.py holds this file to it: identical codes and scales (where
+// XLA contracts the moving averages into the FMAs written here; BUILD_NOTES.md, "8-bit Adam").
 //
 // Built with -fno-trapping-math (this file only, the pragma below; GCC, where clang's default is
 // the same): the flag lets GCC vectorize the encoding loops (their float -> int conversions and
@@ -110,7 +111,8 @@ inline uint8_t EncodeSigned(float y) {
   float midpoint = last ? (0.1f + b.width / 2) / 2 : 0.1f + b.width / 5;
   // n = 2^K + j − (j == 0 and r < midpoint), the condition as an all-ones mask (a bool in that
   // sum keeps GCC from vectorizing the loop)
-  const int32_t below = -static_cast<int32_t>(b.r < midpoint), first = -static_cast<int32_t>(j == 0);
+  const int32_t below = -static_cast<int32_t>(b.r < midpoint);
+  const int32_t first = -static_cast<int32_t>(j == 0);
   int32_t n = (1 << b.k) + j + (below & first);
   const float near_one = static_cast<float>(1.0 - 0.225 * std::ldexp(1.0, -kMaxKSigned));
   // n = 128 (1.0) if nearer 1.0 and y > 0; then the sign bit if y < 0 and n > 0 (as masks)
@@ -184,8 +186,8 @@ constexpr size_t kStepScalars = sizeof(StepScalars) / sizeof(float);
 
 // --- one leaf -------------------------------------------------------------------------------
 
-// One leaf's buffers. Results may share their operands' buffers (XLA aliases them when the
-// state is donated): each block reads all it needs before it writes, so no copy is needed.
+// One leaf's buffers. Results share their operands' buffers when XLA aliases them (the state
+// donated); otherwise each block is copied over first (CopyUnlessAliased) and updated there.
 struct Leaf8 {
   size_t n = 0;                // elements
   size_t row = 0;              // elements per row (_quantize._layout)
@@ -235,7 +237,7 @@ inline float InverseScale(float scale) { return 1.0f / (scale > 0.0f ? scale : 1
 // Makes `len` elements of `out` at `at` hold `in`'s, so the block is updated in place: nothing to
 // do when XLA aliased the two (a donated state), a copy otherwise.
 template <typename T>
-inline void Alias(const T* in, T* out, size_t at, size_t len) {
+inline void CopyUnlessAliased(const T* in, T* out, size_t at, size_t len) {
   if (in != out) std::memcpy(out + at, in + at, len * sizeof(T));
 }
 
@@ -247,9 +249,9 @@ template <bool kNesterov, bool kDecay, bool kClip>
 void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size_t len,
                size_t block, float* __restrict mu, float* __restrict root) {
   const StepScalars s = scalars;
-  Alias(leaf.theta_in, leaf.theta, start, len);
-  Alias(leaf.mu_codes_in, leaf.mu_codes, start, len);
-  Alias(leaf.nu_codes_in, leaf.nu_codes, start, len);
+  CopyUnlessAliased(leaf.theta_in, leaf.theta, start, len);
+  CopyUnlessAliased(leaf.mu_codes_in, leaf.mu_codes, start, len);
+  CopyUnlessAliased(leaf.nu_codes_in, leaf.nu_codes, start, len);
   const float mu_scale = leaf.mu_scales_in[block], nu_scale = leaf.nu_scales_in[block];
   const float* __restrict g = leaf.g + start;
   float* __restrict theta = leaf.theta + start;
