@@ -49,7 +49,7 @@ TWO_CALLS = {
     "sgd_without_momentum": lambda: optadam.sgd(0.1),
     "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1),
     "adam_bfloat16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.bfloat16),
-    # 8-bit Adam takes a one pass of its own: tests/test_native_8bit.py
+    # 8-bit Adam, clipped or not, takes a one pass of its own: tests/test_native_8bit.py
     "sgd_momentum_8bit": lambda: optadam.sgd(0.1, momentum=0.9, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
     "adam_optax_chain_clipped": lambda: optax.chain(
@@ -57,9 +57,6 @@ TWO_CALLS = {
     ),
     "rmsprop_clipped": lambda: optadam.chain(
         optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1)
-    ),
-    "adam_8bit_clipped": lambda: optadam.chain(
-        optadam.clip_by_global_norm(1.0), optadam.adam(0.1, state_bits=8)
     ),
 }
 
