@@ -17,6 +17,8 @@ import numpy as np
 import optax
 import pytest
 from harness import needs_kernels
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import optadam
 
@@ -274,3 +276,38 @@ def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
         assert all(p["activation"] is None for p in one)
         assert_same(one, two)
         assert_same(s_one, s_two)
+
+
+@needs_kernels
+def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_device():
+    """The step kernel is element-wise: over a sharded mesh it runs on each device's shards."""
+    optadam.set_native_enabled(True)
+    # Auto axes: under jit the tracers' types then carry no sharding (Explicit-axis tracers take
+    # the XLA path, see optadam._leafwise._on_one_cpu)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
+    rng = np.random.default_rng(9)
+    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
+    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
+
+    def place(tree: dict) -> dict:
+        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+
+    for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
+        tx = make()
+        step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p))
+        sharded_params = place(params)
+        state = tx.init(sharded_params)
+        lowered = step.lower(sharded_params, state, place(grads))
+        compiled = lowered.compile().as_text()  # (the kernel's name appears once partitioned)
+        assert "_step_f32" in compiled and "all-gather" not in compiled
+        new, new_state = step(sharded_params, state, place(grads))
+        for k in specs:
+            assert new[k].sharding.is_equivalent_to(NamedSharding(mesh, specs[k]), 1 + (k == "w"))
+        for leaf, like in zip(
+            jax.tree.leaves(new_state), jax.tree.leaves(tx.init(sharded_params)), strict=True
+        ):
+            assert leaf.sharding.is_equivalent_to(like.sharding, leaf.ndim)
+        alone, alone_state = step(params, tx.init(params), grads)
+        assert_same(new, alone)
+        assert_same(new_state, alone_state)
