@@ -39,7 +39,7 @@ from jax.experimental.custom_partitioning import SdyShardingRule, custom_partiti
 from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("adam.cc", "momentum.cc", "rms.cc")
+SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc")
 HEADERS = ("leaves.h",)
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
 # -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
@@ -55,6 +55,11 @@ TARGETS: tuple[str, ...] = (
 TARGETS += ("optadam_momentum_f32", "optadam_momentum_f64")
 TARGETS += ("optadam_momentum_step_f32", "optadam_momentum_step_f64")
 TARGETS += ("optadam_rms_f32", "optadam_rms_f64", "optadam_rms_step_f32", "optadam_rms_step_f64")
+SOURCES += ("amsgrad.cc", "radam.cc")
+TARGETS += ("optadam_amsgrad_f32", "optadam_amsgrad_f64")
+TARGETS += ("optadam_amsgrad_step_f32", "optadam_amsgrad_step_f64")
+TARGETS += ("optadam_radam_f32", "optadam_radam_f64")
+TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
 
 
 DEFAULT_OFF = (
