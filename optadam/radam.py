@@ -33,8 +33,9 @@ from optadam.adam import (
 
 
 def radam_rectification(b2: Any, threshold: Any, t: jax.Array, c2: Any) -> tuple[Any, Any]:
-    """Whether step ``t`` takes the rectified adaptive step (ρ_t >= threshold), and r_t; they
-    depend on the step count only, so they are computed once per step (``c2``: 1 − β2^t)."""
+    """``rectify``, 1.0 if step ``t`` takes the rectified adaptive step (ρ_t >= threshold) else
+    0.0, and r_t; they depend on the step count only, so they are computed once per step (``c2``:
+    1 − β2^t)."""
     rho_inf = 2 / (1 - b2) - 1  # ρ_∞ = 2 / (1 − β2) − 1
     rho = rho_inf - 2 * t * b2**t / c2  # ρ_t = ρ_∞ − 2 t β2^t / (1 − β2^t)
     rectify = rho >= threshold
@@ -42,7 +43,9 @@ def radam_rectification(b2: Any, threshold: Any, t: jax.Array, c2: Any) -> tuple
     # r is unused before the threshold, where r² may be negative; 1 keeps r and its gradient
     # finite there, so meta-gradients through early steps are not NaN.
     r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
-    return rectify, r
+    # the flag as 1.0/0.0: the kernels' derivative rule closes over it, and jax.closure_convert
+    # lifts only floating-point values out of a closure (a bool tracer would leak from a scan)
+    return rectify.astype(r.dtype), r
 
 
 def radam_direction(
