@@ -33,19 +33,15 @@ from optadam.adam import (
 
 
 def radam_rectification(b2: Any, threshold: Any, t: jax.Array, c2: Any) -> tuple[Any, Any]:
-    """``rectify``, 1.0 if step ``t`` takes the rectified adaptive step (ρ_t >= threshold) else
-    0.0, and r_t; they depend on the step count only, so they are computed once per step (``c2``:
-    1 − β2^t)."""
+    """ρ_t and r_t: they depend on the step count only, so they are computed once per step
+    (``c2``: 1 − β2^t)."""
     rho_inf = 2 / (1 - b2) - 1  # ρ_∞ = 2 / (1 − β2) − 1
     rho = rho_inf - 2 * t * b2**t / c2  # ρ_t = ρ_∞ − 2 t β2^t / (1 − β2^t)
-    rectify = rho >= threshold
     r_squared = (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
     # r is unused before the threshold, where r² may be negative; 1 keeps r and its gradient
     # finite there, so meta-gradients through early steps are not NaN.
-    r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
-    # the flag as 1.0/0.0: the kernels' derivative rule closes over it, and jax.closure_convert
-    # lifts only floating-point values out of a closure (a bool tracer would leak from a scan)
-    return rectify.astype(r.dtype), r
+    r = jnp.sqrt(jnp.where(rho >= threshold, r_squared, 1.0))
+    return rho, r
 
 
 def radam_direction(
@@ -59,22 +55,30 @@ def radam_direction(
     c2: Any,
     c1_next: Any,
     nesterov: bool,
-    rectify: Any,
+    rho: Any,
+    threshold: Any,
     r: Any,
 ) -> Any:
     """RAdam's step direction from the new moments: r_t times Adam's once ρ_t reaches the
-    threshold (``rectify``), the bias-corrected momentum m̂_t before."""
+    threshold, the bias-corrected momentum m̂_t before.
+
+    The comparison is made here, not passed in: the kernels' derivative rule closes over this
+    function, and ``jax.closure_convert`` lifts only floating-point values (ρ_t) out of a closure,
+    so a captured bool would leak from a ``scan``. XLA merges the comparisons of all leaves into
+    one."""
     mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)  # m̂_t
     nu_hat = nu / c2  # v̂_t = v_t / (1 − β2^t)
-    return jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
+    # u_t = r_t · m̂_t / (sqrt(v̂_t + ε_root) + ε) once ρ_t >= threshold, else m̂_t
+    return jnp.where(rho >= threshold, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
 
 
 def radam_scalars(
-    b1: Any, b2: Any, eps: Any, eps_root: Any, t: jax.Array, rectify: Any, r: Any
+    b1: Any, b2: Any, eps: Any, eps_root: Any, t: jax.Array, rho: Any, threshold: Any, r: Any
 ) -> tuple[Any, ...]:
-    """Step ``t``'s runtime scalars of the native RAdam kernel, in its C++ struct's order: the
-    rectification as a 0/1 flag and r_t, so crossing the threshold changes no trace."""
+    """Step ``t``'s runtime scalars of the native RAdam kernel, in its C++ struct's order: whether
+    to rectify as a 0/1 flag, and r_t, so crossing the threshold changes no trace."""
     c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
+    rectify = (rho >= threshold).astype(jnp.result_type(r))
     return (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2, c1_next, rectify, r)
 
 
@@ -121,20 +125,20 @@ def scale_by_radam(
         del params
         t = safe_increment(state.count)
         c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
-        rectify, r = radam_rectification(b2, threshold, t, c2)
+        rho, r = radam_rectification(b2, threshold, t, c2)
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
             return radam_direction(
-                g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rectify, r
+                g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rho, threshold, r
             )
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "radam") if seeded else None
-        scalars = radam_scalars(b1, b2, eps, eps_root, t, rectify, r)
+        scalars = radam_scalars(b1, b2, eps, eps_root, t, rho, threshold, r)
         native = Kernel("radam", scalars, (("nesterov", nesterov),))
         updates, mu, nu = map_leaves(
             moments, direction, updates, state.mu, state.nu, rounding_seed=rounding, kernel=native
@@ -221,18 +225,20 @@ def _radam_one_pass(
             return None
         t = safe_increment(radam_state.count)
         c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
-        rectify, r = radam_rectification(b2, threshold, t, c2)
+        rho, r = radam_rectification(b2, threshold, t, c2)
         if callable(learning_rate):
             minus_lr = -learning_rate(lr_state.count)
             lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
         else:
             minus_lr = -learning_rate
-        scalars = radam_scalars(b1, b2, eps, eps_root, t, rectify, r)
+        scalars = radam_scalars(b1, b2, eps, eps_root, t, rho, threshold, r)
         kernel = Kernel("radam", (*scalars, minus_lr), (("nesterov", nesterov),))
 
         def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
             mu, nu = adam_moments(g, mu, nu, b1, b2)
-            u = radam_direction(g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rectify, r)
+            u = radam_direction(
+                g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rho, threshold, r
+            )
             return [(p + u * minus_lr).astype(p.dtype), mu, nu]
 
         done = native_step(kernel, xla, grads, params, radam_state.mu, radam_state.nu)
