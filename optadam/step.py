@@ -24,6 +24,8 @@ def step(
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
     operands, so schedules do not recompile). Anything else -- other transformations, wrappers
     around these, 8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
+    ``amsgrad`` and ``radam`` take the one pass as well (AMSGrad's ``nu_max`` and RAdam's
+    rectification included, the latter as runtime operands).
 
     Example:
       >>> import jax.numpy as jnp, optadam
