@@ -25,6 +25,7 @@ from optadam.adam import (
     scale_by_adam,
     scale_by_amsgrad,
 )
+from optadam.clipping import chain, clip_by_global_norm
 from optadam.grouping import GroupedState, grouped
 from optadam.momentum import ScaleByMomentumState, momentum, scale_by_momentum, sgd
 from optadam.radam import radam, scale_by_radam
@@ -46,6 +47,8 @@ __all__ = [
     "adam",
     "adamw",
     "amsgrad",
+    "chain",
+    "clip_by_global_norm",
     "grouped",
     "inject_hyperparams",
     "momentum",

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.interpreters.partial_eval import DynamicJaxprTracer
 from jax.sharding import NamedSharding, PartitionSpec
@@ -303,17 +304,24 @@ class OnePass(optax.GradientTransformationExtraArgs):
     kernel, or None where the kernel does not apply (then ``step`` calls ``update`` and
     ``apply_updates``). A tuple like any other transformation otherwise; ``_replace`` and other
     copies drop ``one_pass``, and so the one-pass path, never the results.
+
+    With ``takes_clip``, ``one_pass`` also takes ``clip=`` a global-norm clip of the gradients
+    (:func:`optadam.clipping.chain`) and runs it in the same pass.
     """
 
-    one_pass: Callable[[Any, Any, Any], tuple[Any, Any] | None] | None = None
+    one_pass: Callable[..., tuple[Any, Any] | None] | None = None
+    takes_clip: bool = False
 
 
 def with_one_pass(
     tx: optax.GradientTransformationExtraArgs,
-    one_pass: Callable[[Any, Any, Any], tuple[Any, Any] | None],
+    one_pass: Callable[..., tuple[Any, Any] | None],
+    *,
+    takes_clip: bool = False,
 ) -> OnePass:
     out = OnePass(tx.init, tx.update)
     out.one_pass = one_pass
+    out.takes_clip = takes_clip
     return out
 
 
@@ -326,7 +334,9 @@ def native_step(
 ) -> tuple[Any, ...] | None:
     """``(new_params, *new_states)`` of a whole step through ``kernel`` (``optadam_<name>_step_*``)
     in one pass, params and states in place; None unless every leaf fits the kernel (the same
-    conditions as :func:`native_leaves`, the params included), so the caller takes the XLA path.
+    conditions as :func:`native_leaves`, the params included) or is None in the gradients, the
+    params and the states alike (as ``eqx.filter`` leaves a model's non-arrays) or zero-size (they
+    pass through), so the caller takes the XLA path.
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
     """
@@ -341,11 +351,18 @@ def native_step(
     if not g_leaves or not all(_kernel_traceable(x) for x in every):
         return None
     groups: dict[Any, list[int]] = {}
-    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
-        if not _kernel_fits(g, s, kernel.scalars):
-            return None
-        groups.setdefault(jnp.dtype(g.dtype), []).append(i)
     done: dict[int, Sequence[Any]] = {}
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if g is None and all(x is None for x in s):  # no param here (Equinox's non-arrays)
+            done[i] = s
+        elif _empty(g, s):  # nothing to update: the XLA path returns these arrays as they are
+            done[i] = [jnp.asarray(x) for x in s]
+        elif _kernel_fits(g, s, kernel.scalars):
+            groups.setdefault(jnp.dtype(g.dtype), []).append(i)
+        else:
+            return None
+    if not groups:
+        return None
     for dtype, indices in groups.items():
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
         scalars = jnp.stack([jnp.asarray(x).astype(dtype) for x in kernel.scalars])
@@ -355,6 +372,13 @@ def native_step(
         done.update(zip(indices, outs, strict=True))
     columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
+
+
+def _empty(g: Any, s: list[Any]) -> bool:
+    """A zero-size leaf whose params and states are plain arrays of its shape."""
+    if g is None or jnp.size(g) != 0:
+        return False
+    return all(isinstance(x, jax.Array | np.ndarray) and jnp.shape(x) == jnp.shape(g) for x in s)
 
 
 def _kernel_traceable(x: Any) -> bool:

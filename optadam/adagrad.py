@@ -20,7 +20,16 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _dtypes, _quantize
-from optadam._leafwise import abs_sq, full_like, map_leaves, safe_increment, zero_count
+from optadam._leafwise import (
+    Kernel,
+    abs_sq,
+    full_like,
+    map_leaves,
+    native_step,
+    safe_increment,
+    with_one_pass,
+    zero_count,
+)
 from optadam._learning_rate import scale_by_learning_rate
 
 
@@ -29,6 +38,23 @@ class ScaleByAdagradState(NamedTuple):
 
     sum_of_squares: optax.Params  # s_t: running sum of |g|², real, at least float32 by default
     count: jax.Array | None = None  # type: ignore[assignment]  # steps so far, int32; only with stochastic_rounding (its seed)
+
+
+def adagrad_sum(g: Any, s: Any) -> Any:
+    """s_t = s_{t-1} + |g_t|²."""
+    return s + abs_sq(g)
+
+
+def adagrad_direction(g: Any, s: Any, eps: Any) -> Any:
+    """u_t = g_t / sqrt(s_t + ε), 0 where s_t = 0."""
+    return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g
+
+
+def adagrad_kernel(eps: Any, *step_scalars: Any, eps_in_sqrt: bool = True) -> Kernel:
+    """The native AdaGrad kernel (optadam/_native/adagrad.cc) with this step's scalars, in its
+    C++ struct's order: ε, then (for ``optadam.step``) −η. ``eps_in_sqrt=False`` is torch's
+    direction, ``g_t / (sqrt(s_t) + ε)`` (``optadam.torch.Adagrad``)."""
+    return Kernel("adagrad", (eps, *step_scalars), (("eps_in_sqrt", eps_in_sqrt),))
 
 
 def scale_by_adagrad(
@@ -71,15 +97,20 @@ def scale_by_adagrad(
         del params
 
         def moments(g: Any, s: Any) -> tuple[Any, ...]:
-            return (s + abs_sq(g),)
+            return (adagrad_sum(g, s),)
 
         def direction(g: Any, s: Any) -> Any:
-            return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g
+            return adagrad_direction(g, s, eps)
 
         t = None if state.count is None else safe_increment(state.count)
         rounding = None if t is None else _quantize.rounding_seed(t, "adagrad")
         updates, sum_of_squares = map_leaves(
-            moments, direction, updates, state.sum_of_squares, rounding_seed=rounding
+            moments,
+            direction,
+            updates,
+            state.sum_of_squares,
+            rounding_seed=rounding,
+            kernel=adagrad_kernel(eps),
         )
         return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares, count=t)
 
@@ -112,7 +143,7 @@ def adagrad(
       Array([0.9, 2.1], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
-    return optax.chain(
+    tx = optax.chain(
         scale_by_adagrad(
             initial_accumulator_value,
             eps,
@@ -121,3 +152,39 @@ def adagrad(
         ),
         scale_by_learning_rate(learning_rate),
     )
+    return with_one_pass(tx, _adagrad_one_pass(eps, learning_rate))
+
+
+def _adagrad_one_pass(eps: Any, learning_rate: optax.ScalarOrSchedule) -> Any:
+    """``optadam.step``'s one pass for ``chain(scale_by_adagrad, scale_by_learning_rate)``: the
+    native step kernel with the chain's scalars, each state advanced as its transformation
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. a
+    bfloat16 sum, kernels off (``optadam._leafwise.native_step``)."""
+
+    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        if not isinstance(state, tuple) or len(state) != 2:
+            return None
+        adagrad_state, lr_state = state
+        if not isinstance(adagrad_state, ScaleByAdagradState):
+            return None
+        if callable(learning_rate):
+            minus_lr = -learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
+        else:
+            minus_lr = -learning_rate
+
+        def xla(g: Any, p: Any, s: Any) -> list[Any]:
+            s = adagrad_sum(g, s)
+            u = adagrad_direction(g, s, eps)
+            return [(p + u * minus_lr).astype(p.dtype), s]
+
+        kernel = adagrad_kernel(eps, minus_lr)
+        done = native_step(kernel, xla, grads, params, adagrad_state.sum_of_squares)
+        if done is None:
+            return None
+        new_params, sum_of_squares = done
+        count = adagrad_state.count
+        t = None if count is None else safe_increment(count)
+        return new_params, (ScaleByAdagradState(sum_of_squares, count=t), lr_state)
+
+    return one_pass

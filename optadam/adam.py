@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes, _quantize
+from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
     abs_sq,
@@ -362,7 +362,8 @@ def adam(
         ),
         scale_by_learning_rate(learning_rate),
     )
-    return with_one_pass(tx, _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate))
+    one_pass = _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate)
+    return with_one_pass(tx, one_pass, takes_clip=True)
 
 
 def nadam(
@@ -452,7 +453,7 @@ def adamw(
     if mask is not None:  # a masked decay: update + apply_updates
         return tx
     one_pass = _adam_one_pass(b1, b2, eps, eps_root, nesterov, learning_rate, weight_decay)
-    return with_one_pass(tx, one_pass)
+    return with_one_pass(tx, one_pass, takes_clip=True)
 
 
 def _adam_one_pass(
@@ -467,13 +468,16 @@ def _adam_one_pass(
     """``optadam.step``'s one pass for ``chain(scale_by_adam, [add_decayed_weights],
     scale_by_learning_rate)``: the native step kernel with the chain's scalars, each state advanced
     as its transformation advances it; None (so ``update`` + ``apply_updates``) where it does not
-    apply -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+    apply -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``). A
+    ``clip`` (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
     # optax.add_decayed_weights skips a constant zero decay altogether (so 0·inf adds no NaN)
     decays = weight_decay is not None and not (
         isinstance(weight_decay, int | float) and weight_decay == 0.0
     )
 
-    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    def one_pass(
+        grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
+    ) -> tuple[Any, Any] | None:
         parts = 2 if weight_decay is None else 3
         if not isinstance(state, tuple) or len(state) != parts:
             return None
@@ -495,12 +499,14 @@ def _adam_one_pass(
             wd = weight_decay
         kernel = Kernel(
             "adam",
-            (*adam_scalars(b1, b2, eps, eps_root, t), minus_lr, wd),
+            (*clipping.kernel_scalars(clip), *adam_scalars(b1, b2, eps, eps_root, t), minus_lr, wd),
             (("nesterov", nesterov), ("decay", decays)),
         )
         c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
 
         def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
             mu, nu = adam_moments(g, mu, nu, b1, b2)
             u = adam_direction(g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov)
             if decays:

@@ -11,7 +11,8 @@ the roofline fraction compares like with like).
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
 Contenders: optadam (the XLA path; ``optadam_native`` is the same optimizer with the native CPU
 kernels turned on, see ``optadam._native``, and ``optadam_step`` that, written as ``optadam.step``:
-one pass, params and moments in place),
+one pass, params and moments in place; every contender whose label ends in ``_step`` runs as
+``optadam.step``),
 optadam with small leaves grouped (``optadam.grouped``; only where it finds
 leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, rmsprop, adam,
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``) and bfloat16 moments,
@@ -58,7 +59,8 @@ from optadam._leafwise import with_one_pass
 Shapes = dict[str, tuple[int, ...]]
 
 # Arrays an ideal single-pass update reads and writes per parameter (p, g and each moment).
-ARRAYS_MOVED = {"sgd_momentum": 5, "rmsprop": 5, "adam": 7, "adamw": 7}
+# Clipping by the global norm reads the gradients once more, for the norm.
+ARRAYS_MOVED = {"sgd_momentum": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adamw_clip": 8}
 # Bytes per parameter of the same ideal pass where moments are not float32: p and g 12, m and v
 # read and written (1 byte each in 8 bits, 2 in bfloat16).
 BYTES_MOVED = {
@@ -69,11 +71,15 @@ BYTES_MOVED = {
 OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "sgd_momentum": {
         "optadam": lambda: optadam.sgd(1e-3, momentum=0.9),
+        "optadam_native": lambda: native_path(optadam.sgd(1e-3, momentum=0.9)),
+        "optadam_step": lambda: native_path(optadam.sgd(1e-3, momentum=0.9)),
         "optadam_grouped": lambda: optadam.grouped(optadam.sgd(1e-3, momentum=0.9)),
         "optax": lambda: optax.sgd(1e-3, momentum=0.9),
     },
     "rmsprop": {
         "optadam": lambda: optadam.rmsprop(1e-3),
+        "optadam_native": lambda: native_path(optadam.rmsprop(1e-3)),
+        "optadam_step": lambda: native_path(optadam.rmsprop(1e-3)),
         "optadam_grouped": lambda: optadam.grouped(optadam.rmsprop(1e-3)),
         "optax": lambda: optax.rmsprop(1e-3),
     },
@@ -97,7 +103,16 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
         "optax": lambda: optax.adamw(1e-3),
     },
 }
-TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then AdamW
+    "optadam": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3)),
+    "optadam_step": lambda: native_path(
+        optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3))
+    ),
+    "optax": lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)),
+}
+TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
+                    "adamw_clip": "AdamW"}  # fmt: skip
+CLIP_NORM = {"adamw_clip": 1.0}  # torch: clip_grad_norm_ before the optimizer's step
 
 
 def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -230,8 +245,17 @@ class JaxContender:
 
 
 class TorchContender:
-    def __init__(self, name: str, options: dict[str, bool], shapes: Shapes, seed: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: dict[str, bool],
+        shapes: Shapes,
+        seed: int,
+        clip_norm: float | None = None,
+    ) -> None:
         import torch
+
+        self.clip_norm = clip_norm
 
         generator = torch.Generator().manual_seed(seed)
         self.params = [
@@ -251,7 +275,12 @@ class TorchContender:
         )
 
     def run(self, steps: int) -> None:
+        import torch
+
+        foreach = self.optimizer.defaults.get("foreach") or self.optimizer.defaults.get("fused")
         for _ in range(steps):
+            if self.clip_norm is not None:  # torch.optim's clipping: the norm, then a scale
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=foreach)
             self.optimizer.step()
 
 
@@ -302,12 +331,14 @@ def bench_case(
     for name in optimizers:
         transforms = {label: make() for label, make in OPTIMIZERS[name].items()}
         contenders: dict[str, Any] = {
-            label: JaxContender(tx, params, grads, via_step=label == "optadam_step")
+            label: JaxContender(tx, params, grads, via_step=label.endswith("_step"))
             for label, tx in transforms.items()
             if label != "optadam_grouped" or groups_anything(tx, params)
         }
         for label, options in torch_options(TORCH_OPTIMIZERS[name]).items():
-            contenders[label] = TorchContender(TORCH_OPTIMIZERS[name], options, shapes, seed=0)
+            contenders[label] = TorchContender(
+                TORCH_OPTIMIZERS[name], options, shapes, seed=0, clip_norm=CLIP_NORM.get(name)
+            )
         samples: dict[str, list[float]] = {label: [] for label in contenders}
         for contender in contenders.values():
             contender.run(2)  # warm-up
@@ -418,6 +449,47 @@ def table(results: list[Result]) -> str:
     )
 
 
+def targets(results: list[Result]) -> list[str]:
+    """Issue 11's targets, each as the measured ratio next to its bound (where both rows ran)."""
+    rows = {(r.case, r.optimizer, r.contender): r for r in results}
+    lines = []
+
+    def ratio(what: str, a: tuple[str, str, str], b: list[tuple[str, str, str]], bound: float):
+        if a in rows and any(x in rows for x in b):
+            base = min((rows[x] for x in b if x in rows), key=lambda r: r.step_ms)
+            value = rows[a].step_ms / base.step_ms
+            verdict = "met" if value <= bound else "MISSED"
+            lines.append(f"{what}: {value:.2f}x {base.contender} (target <= {bound}x) {verdict}")
+
+    torch_fastest = ["torch_fused", "torch_foreach"]
+    for case in ("big_leaf", "resnet50", "gpt2", "many_small"):
+        bound = 0.5 if case == "many_small" else 1.0
+        for name in ("adam", "adamw"):
+            ratio(f"{case} {name} optadam.step", (case, name, "optadam_step"),
+                  [(case, name, "torch_fused")], bound)  # fmt: skip
+        for name in ("sgd_momentum", "rmsprop"):
+            ratio(f"{case} {name} optadam.step", (case, name, "optadam_step"),
+                  [(case, name, t) for t in torch_fastest], 1.0)  # fmt: skip
+        ratio(f"{case} adam tx.update with kernels", (case, "adam", "optadam_native"),
+              [(case, "adam", "optax")], 0.85)  # fmt: skip
+        ratio(f"{case} adam 8-bit optadam.step", (case, "adam", "optadam_8bit_step"),
+              [(case, "adam", "optadam_step")], 1.0)  # fmt: skip
+        ratio(f"{case} adam bfloat16 + stochastic rounding", (case, "adam", "optadam_bf16_sr"),
+              [(case, "adam", "optadam_bf16")], 1.1)  # fmt: skip
+    for name in ("adam", "adamw"):
+        step = rows.get(("big_leaf", name, "optadam_step"))
+        if step is not None:
+            verdict = "met" if step.roofline_fraction >= 0.85 else "MISSED"
+            lines.append(f"big_leaf {name} optadam.step: {step.roofline_fraction:.0%} of the "
+                         f"roofline (target >= 85%) {verdict}")  # fmt: skip
+        step = rows.get(("many_small", name, "optadam_step"))
+        if step is not None and step.compile_s is not None:
+            verdict = "met" if step.compile_s < 1.0 else "MISSED"
+            lines.append(f"many_small {name} optadam.step: compiles in {step.compile_s:.2f} s "
+                         f"(target < 1 s) {verdict}")  # fmt: skip
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m optadam.bench", description=__doc__.split("\n\n")[0]
@@ -463,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {case} ...", file=sys.stderr, flush=True)
         results += bench_case(case, all_cases[case], optimizers, rounds, steps)
     print(table(results))
+    print("\n".join(["", "targets (issue 11):", *targets(results)]))
     meta = {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "optax": optax.__version__,
             "devices": str(jax.devices()), "quick": args.quick, "rounds": rounds,
             "steps_per_round": steps}  # fmt: skip

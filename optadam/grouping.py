@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import optax
 from jax.extend import core as jax_core
 
-from optadam import _checks
+from optadam import _checks, _native
 from optadam._leafwise import is_none
 
 __all__ = ["GroupedState", "grouped"]
@@ -213,11 +213,12 @@ def _fingerprints(
     members = members or {}
     leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
     leaf_paths = {tuple(p): i for i, (p, x) in enumerate(leaves_with_paths) if x is not None}
-    try:
+    try:  # the XLA path's operations: one native kernel call would take all leaves at once
         state = jax.eval_shape(tx.init, tree)
-        closed, out = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p), return_shape=True)(
-            tree, state, tree
-        )
+        with _native.disabled():
+            closed, out = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p), return_shape=True)(
+                tree, state, tree
+            )
     except TypeError as error:
         raise TypeError(
             "optadam.grouped: init traces tx.update(gradients, state, params) to see which "

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from optadam import _checks, _dtypes, _quantize
+from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
     map_leaves,
@@ -165,18 +165,21 @@ def sgd(
     )
     if momentum is None:
         return tx
-    return with_one_pass(tx, _momentum_one_pass(momentum, nesterov, learning_rate))
+    return with_one_pass(tx, _momentum_one_pass(momentum, nesterov, learning_rate), takes_clip=True)
 
 
 def _momentum_one_pass(
     decay: Any, nesterov: bool, learning_rate: optax.ScalarOrSchedule
-) -> Callable[[Any, Any, Any], tuple[Any, Any] | None]:
+) -> Callable[..., tuple[Any, Any] | None]:
     """``optadam.step``'s one pass for ``chain(scale_by_momentum, scale_by_learning_rate)``: the
     native step kernel with the chain's scalars, each state advanced as its transformation
     advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
-    bfloat16 trace, kernels off (``optadam._leafwise.native_step``)."""
+    bfloat16 trace, kernels off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
 
-    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    def one_pass(
+        grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
+    ) -> tuple[Any, Any] | None:
         if not isinstance(state, tuple) or len(state) != 2:
             return None
         momentum_state, lr_state = state
@@ -187,9 +190,12 @@ def _momentum_one_pass(
             lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
         else:
             minus_lr = -learning_rate
-        kernel = Kernel("momentum", (decay, minus_lr), (("nesterov", nesterov),))
+        scalars = (*clipping.kernel_scalars(clip), decay, minus_lr)
+        kernel = Kernel("momentum", scalars, (("nesterov", nesterov),))
 
         def xla(g: Any, p: Any, trace: Any) -> list[Any]:
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
             trace = g + decay * trace
             u = g + decay * trace if nesterov else trace
             return [(p + u * minus_lr).astype(p.dtype), trace]

@@ -33,7 +33,7 @@ from optadam._leafwise import (
     zero_count,
 )
 from optadam._learning_rate import scale_by_learning_rate
-from optadam.momentum import scale_by_momentum
+from optadam.momentum import ScaleByMomentumState, scale_by_momentum
 
 
 class ScaleByRmsState(NamedTuple):
@@ -267,11 +267,10 @@ def rmsprop(
         scale_by_learning_rate(learning_rate),
         trace,
     )
-    if momentum is not None:  # a momentum trace: update + apply_updates
-        return tx
-    return with_one_pass(
-        tx, _rms_one_pass(decay, eps, eps_in_sqrt, bias_correction, centered, learning_rate)
+    one_pass = _rms_one_pass(
+        decay, eps, eps_in_sqrt, bias_correction, centered, learning_rate, momentum, nesterov
     )
+    return with_one_pass(tx, one_pass)
 
 
 def _rms_one_pass(
@@ -281,17 +280,22 @@ def _rms_one_pass(
     bias_correction: bool,
     centered: bool,
     learning_rate: optax.ScalarOrSchedule,
+    momentum: Any,
+    nesterov: bool,
 ) -> Any:
-    """``optadam.step``'s one pass for ``chain(scale_by_rms, scale_by_learning_rate, identity)``:
-    the native step kernel with the chain's scalars, each state advanced as its transformation
-    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
-    bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+    """``optadam.step``'s one pass for ``chain(scale_by_rms, scale_by_learning_rate, trace)``,
+    the trace ``identity`` or ``scale_by_momentum``: the native step kernel (``rms_step``, or
+    ``rms_momentum_step`` with a trace) with the chain's scalars, each state advanced as its
+    transformation advances it; None (so ``update`` + ``apply_updates``) where it does not apply
+    -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
 
     def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
         if not isinstance(state, tuple) or len(state) != 3:
             return None
         rms_state, lr_state, trace_state = state
         if not isinstance(rms_state, ScaleByRmsState):
+            return None
+        if momentum is not None and not isinstance(trace_state, ScaleByMomentumState):
             return None
         t = None if rms_state.count is None else safe_increment(rms_state.count)
         c = 1 - decay**t if t is not None and bias_correction else 1
@@ -300,24 +304,39 @@ def _rms_one_pass(
             lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
         else:
             minus_lr = -learning_rate
-        kernel = Kernel(
-            "rms", (*rms_scalars(decay, eps, c), minus_lr), rms_options(centered, eps_in_sqrt)
-        )
+        scalars = (*rms_scalars(decay, eps, c), minus_lr)
+        options = rms_options(centered, eps_in_sqrt)
+        kernel = Kernel("rms", scalars, options)
+        if momentum is not None:
+            scalars, options = (*scalars, momentum), (*options, ("nesterov", nesterov))
+            kernel = Kernel("rms_momentum", scalars, options)
 
         def xla(g: Any, p: Any, *moments: Any) -> list[Any]:
-            nu = rms_nu(g, moments[-1], decay)
+            nu = rms_nu(g, moments[1 if centered else 0], decay)
             mu = rms_mu(g, moments[0], decay) if centered else None
             u = rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
             new = [nu] if mu is None else [mu, nu]
-            return [(p + u * minus_lr).astype(p.dtype), *new]
+            if momentum is None:
+                return [(p + u * minus_lr).astype(p.dtype), *new]
+            v = u * minus_lr  # scale_by_learning_rate, then scale_by_momentum's trace over it
+            trace = v + momentum * moments[-1]
+            step = v + momentum * trace if nesterov else trace
+            return [(p + step).astype(p.dtype), *new, trace]
 
         moments = (rms_state.nu,) if not centered else (rms_state.mu, rms_state.nu)
+        if momentum is not None:
+            moments = (*moments, trace_state.trace)
         done = native_step(kernel, xla, grads, params, *moments)
         if done is None:
             return None
         new_params, *new = done
         mu, nu = (None, new[0]) if not centered else (new[0], new[1])
         new_rms = ScaleByRmsState(count=t, mu=mu, nu=nu)
+        if momentum is not None:
+            count = trace_state.count
+            trace_state = ScaleByMomentumState(
+                trace=new[-1], count=None if count is None else safe_increment(count)
+            )
         return new_params, (new_rms, lr_state, trace_state)
 
     return one_pass

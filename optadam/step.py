@@ -19,13 +19,15 @@ def step(
 
     Where a native kernel runs (``optadam.native_status``), ``adam``, ``nadam`` and ``adamw``
     (without a decay ``mask``), ``sgd`` with ``momentum`` and ``momentum`` (their trace in place
-    of the moments), and ``rmsprop`` without ``momentum`` take one pass: one kernel call per dtype
+    of the moments), ``rmsprop`` (its trace too, with ``momentum``) and ``adagrad`` take one
+    pass: one kernel call per dtype
     reads the gradients and writes the params and the moments in place, with no update buffer, as
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
-    operands, so schedules do not recompile). Anything else -- other transformations, wrappers
-    around these, 8-bit or bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
-    ``amsgrad`` and ``radam`` take the one pass as well (AMSGrad's ``nu_max`` and RAdam's
-    rectification included, the latter as runtime operands).
+    operands, so schedules do not recompile). The Adam family and Momentum keep the pass after a
+    global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``. Anything else --
+    other transformations, wrappers around these, 8-bit or bfloat16 state, kernels off -- takes
+    ``update`` + ``apply_updates``. ``amsgrad`` and ``radam`` take the one pass as well
+    (AMSGrad's ``nu_max`` and RAdam's rectification included, the latter as runtime operands).
 
     Example:
       >>> import jax.numpy as jnp, optadam

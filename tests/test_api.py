@@ -10,6 +10,7 @@ import optadam
 SAME_NAMED = [
     "sgd", "rmsprop", "adagrad", "adam", "adamw", "nadam", "amsgrad", "radam",
     "scale_by_adam", "scale_by_amsgrad", "scale_by_radam", "scale_by_rms", "inject_hyperparams",
+    "clip_by_global_norm", "chain",
 ]  # fmt: skip
 
 

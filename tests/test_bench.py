@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import statistics
 
 import jax
@@ -33,7 +34,14 @@ def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
     assert lean["optadam_bf16"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
     assert lean["optadam_bf16_sr"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
     assert report["meta"]["quick"] is True
-    assert "optadam" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "optadam" in printed
+    # the targets, as ratios of the rows above (verdicts mean nothing in a quick run)
+    roofline = r"big_leaf adam optadam\.step: \d+% of the roofline \(target >= 85%\)"
+    assert re.search(roofline, printed)
+    assert re.search(r"many_small adam optadam\.step: compiles in [\d.]+ s", printed)
+    sr = r"big_leaf adam bfloat16 \+ stochastic rounding: [\d.]+x optadam_bf16"
+    assert re.search(sr, printed)
 
 
 def test_every_row_is_the_median_of_its_rounds_with_the_spread_and_torch_compiles_nothing(

@@ -487,3 +487,17 @@ def test_zero1_partitions_the_groups_over_the_data_axis():
     assert set(held.values()) == {2 * 300 * 16 * 4 // 8 + 4}  # mu and nu split 8 ways, count
     updates, _ = jax.jit(tx.update)(params, state, params)
     assert updates["b123"].shape == (16,)
+
+
+def test_grouping_is_the_same_with_native_kernels_on():
+    # init reads the XLA path's per-leaf operations; one kernel call over every leaf would hide
+    # them (and group nothing), so the kernels are off while it looks.
+    params = {f"b{i}": jnp.zeros(3) for i in range(6)} | {"w": jnp.zeros((4, 3))}
+    decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    for make in (lambda: optadam.adam(0.1), lambda: optadam.adamw(0.1, mask=decay_matrices)):
+        layouts = []
+        for native in (False, True):
+            optadam.set_native_enabled(native)
+            layouts.append(optadam.grouped(make(), min_leaves=1).init(params).layout)
+        optadam.set_native_enabled(None)
+        assert layouts[0].groups and layouts[0] == layouts[1]

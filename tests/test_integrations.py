@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from flax.training import train_state
+from harness import needs_kernels
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -183,6 +184,112 @@ def train_equinox(tx: optax.GradientTransformation) -> tuple[eqx.nn.MLP, list[fl
 def test_equinox_filter_pattern_trains_like_optax() -> None:
     model, losses = train_equinox(optadam.adamw(1e-2))
     twin, twin_losses = train_equinox(optax.adamw(1e-2))
+    assert losses[-1] < losses[0] / 2
+    np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
+    assert_trees_close(eqx.filter(model, eqx.is_array), eqx.filter(twin, eqx.is_array))
+
+
+# --- optadam.step in each library (README: "optadam.step in each library") ---------------------
+
+
+def takes_one_pass(tx: Any, grads: Any, opt_state: Any, params: Any) -> bool:
+    jaxpr = jax.make_jaxpr(lambda g, s, p: optadam.step(tx, g, s, p))(grads, opt_state, params)
+    return "_step_f32" in str(jaxpr)
+
+
+def step_nnx(tx: optax.GradientTransformation) -> tuple[NnxMLP, list[float]]:
+    x, y = regression_data()
+    model = NnxMLP(nnx.Rngs(0))
+    opt_state = tx.init(nnx.state(model, nnx.Param))
+    loss_fn = lambda model: jnp.mean((model(x) - y) ** 2)  # noqa: E731
+    grads = nnx.grad(loss_fn)(model)
+    assert takes_one_pass(tx, grads, opt_state, nnx.state(model, nnx.Param))
+
+    @nnx.jit
+    def train_step(model: NnxMLP, opt_state: Any) -> Any:
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        params, opt_state = optadam.step(tx, grads, opt_state, nnx.state(model, nnx.Param))
+        nnx.update(model, params)
+        return loss, opt_state
+
+    losses = []
+    for _ in range(STEPS):
+        loss, opt_state = train_step(model, opt_state)
+        losses.append(float(loss))
+    return model, losses
+
+
+def step_linen(tx: optax.GradientTransformation, via_step: bool) -> tuple[Any, list[float]]:
+    x, y = regression_data()
+    model = LinenMLP()
+    params = model.init(jax.random.key(0), x)["params"]
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    @jax.jit
+    def train_step(state: train_state.TrainState) -> Any:
+        loss_fn = lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2)  # noqa: E731
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        if not via_step:
+            return state.apply_gradients(grads=grads), loss
+        assert takes_one_pass(state.tx, grads, state.opt_state, state.params)
+        new, opt_state = optadam.step(state.tx, grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=new, opt_state=opt_state), loss
+
+    losses = []
+    for _ in range(STEPS):
+        state, loss = train_step(state)
+        losses.append(float(loss))
+    return state, losses
+
+
+def step_equinox(tx: optax.GradientTransformation, via_step: bool) -> tuple[Any, list[float]]:
+    x, y = regression_data()
+    model = eqx.nn.MLP(4, 2, width_size=16, depth=1, activation=jnp.tanh, key=jax.random.key(0))
+    opt_state = tx.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit
+    def train_step(model: eqx.nn.MLP, opt_state: Any) -> Any:
+        loss_fn = lambda m: jnp.mean((jax.vmap(m)(x) - y) ** 2)  # noqa: E731
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+        params = eqx.filter(model, eqx.is_array)
+        if not via_step:
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return eqx.apply_updates(model, updates), opt_state, loss
+        assert takes_one_pass(tx, grads, opt_state, params)
+        params, opt_state = optadam.step(tx, grads, opt_state, params)
+        return eqx.combine(params, model), opt_state, loss
+
+    losses = []
+    for _ in range(STEPS):
+        model, opt_state, loss = train_step(model, opt_state)
+        losses.append(float(loss))
+    return model, losses
+
+
+@needs_kernels
+def test_optadam_step_in_nnx_takes_one_pass_and_trains_as_nnx_optimizer() -> None:
+    model, losses = step_nnx(optadam.adamw(1e-2, weight_decay=1e-2))
+    twin, _, twin_losses = train_nnx(optadam.adamw(1e-2, weight_decay=1e-2))
+    assert losses[-1] < losses[0] / 2
+    np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
+    assert_trees_close(nnx.state(model, nnx.Param), nnx.state(twin, nnx.Param))
+
+
+@needs_kernels
+def test_optadam_step_in_linen_takes_one_pass_and_trains_as_apply_gradients() -> None:
+    state, losses = step_linen(optadam.adamw(1e-2, weight_decay=1e-2), via_step=True)
+    twin, twin_losses = step_linen(optadam.adamw(1e-2, weight_decay=1e-2), via_step=False)
+    assert losses[-1] < losses[0] / 2
+    np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
+    assert_trees_close(state.params, twin.params)
+    assert_trees_close(state.opt_state, twin.opt_state)
+    assert int(state.step) == STEPS
+
+
+@needs_kernels
+def test_optadam_step_in_equinox_takes_one_pass_and_trains_as_update() -> None:
+    model, losses = step_equinox(optadam.adam(1e-2), via_step=True)
+    twin, twin_losses = step_equinox(optadam.adam(1e-2), via_step=False)
     assert losses[-1] < losses[0] / 2
     np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
     assert_trees_close(eqx.filter(model, eqx.is_array), eqx.filter(twin, eqx.is_array))

@@ -323,6 +323,37 @@ def test_no_compiler_falls_back_to_xla_path_with_the_reason(tmp_path: Path):
     assert "[-0.09999934 -0.09999934 -0.09999934]" in out.stdout  # Adam's first step, eps included
 
 
+def fake_compiler(tmp_path: Path, refuse: str) -> str:
+    """A ``$CXX`` that fails on any command line containing ``refuse`` and is g++ otherwise."""
+    script = tmp_path / "cxx"
+    script.write_text(
+        f'#!/bin/sh\ncase "$*" in *{refuse}*) echo "unsupported {refuse}" >&2; exit 1;; esac\n'
+        'exec g++ "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@needs_kernels
+def test_a_compiler_refusing_march_native_gets_a_build_without_it(tmp_path: Path):
+    cxx = fake_compiler(tmp_path, "-march=native")
+    out = _python(STATUS, CXX=cxx, OPTADAM_CACHE_DIR=str(tmp_path / "cache"), OPTADAM_NATIVE="1")
+    assert out.stdout.startswith("True | built: "), out.stdout + out.stderr
+
+
+@needs_kernels
+def test_a_failed_build_falls_back_to_xla_path_with_the_compiler_error(tmp_path: Path):
+    cxx = fake_compiler(tmp_path, "-shared")
+    code = STATUS + "; import jax.numpy as jnp; tx = optadam.adam(0.1); p = jnp.ones(3)"
+    code += "; print(tx.update(p, tx.init(p))[0])"
+    out = _python(code, CXX=cxx, OPTADAM_CACHE_DIR=str(tmp_path / "cache"), OPTADAM_NATIVE="1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False | native kernels unavailable: "), out.stdout
+    assert "unsupported -shared" in out.stdout
+    assert "[-0.09999934 -0.09999934 -0.09999934]" in out.stdout
+    assert not list((tmp_path / "cache").iterdir())  # no library, no temporary left
+
+
 @needs_kernels
 def test_two_processes_building_at_once_share_one_library(tmp_path: Path):
     code = "import optadam; print(optadam.native_status().enabled)"

@@ -329,8 +329,9 @@ def test_nan_inf_and_zero_size_leaves_give_xla_path_results():
 
 
 @needs_kernels
-def test_one_pass_step_with_nan_and_inf_matches_update_then_apply_updates():
+def test_one_pass_step_with_nan_inf_and_zero_size_leaves_matches_update_then_apply_updates():
     params, g = special_tree()
+    params["empty"], g["empty"] = jnp.zeros((0, 3)), jnp.zeros((0, 3))
     grads = special_stream(params, g)
     one, s_one, traced = trajectory(lambda: optadam.radam(0.1), True, True, params, grads)
     two, s_two, _ = trajectory(lambda: optadam.radam(0.1), True, False, params, grads)

@@ -236,14 +236,15 @@ FALLBACKS = {
     "bfloat16_nu": lambda: optadam.rmsprop(0.01, nu_dtype=jnp.bfloat16),
     "bfloat16_mu_centered": lambda: optadam.rmsprop(0.01, centered=True, mu_dtype=jnp.bfloat16),
     "8bit": lambda: optadam.rmsprop(0.01, state_bits=8, block_size=64),
-    "momentum": lambda: optadam.rmsprop(0.01, momentum=0.9),
+    "momentum_bfloat16_trace": lambda: optadam.rmsprop(0.01, momentum=0.9, mu_dtype=jnp.bfloat16),
+    "momentum_8bit": lambda: optadam.rmsprop(0.01, momentum=0.9, state_bits=8, block_size=64),
     "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.rmsprop(0.01)),
 }
 
 
 @needs_kernels
 @pytest.mark.parametrize("name", FALLBACKS)
-def test_lean_state_and_momentum_step_takes_update_then_apply_updates(name):
+def test_lean_state_step_takes_update_then_apply_updates(name):
     """What the one pass does not cover takes update + apply_updates (the same numbers); lean
     state stays on the XLA path for update too."""
     rng = np.random.default_rng(4)
@@ -251,8 +252,8 @@ def test_lean_state_and_momentum_step_takes_update_then_apply_updates(name):
     grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)} for _ in range(3)]
     one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
     two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
-    assert "optadam_rms_step" not in traced
-    if name not in ("momentum", "wrapped"):
+    assert "optadam_rms_step" not in traced and "optadam_rms_momentum_step" not in traced
+    if name not in ("wrapped", "momentum_bfloat16_trace"):  # those keep float32 ν on the kernel
         assert "optadam_rms" not in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
@@ -271,3 +272,112 @@ def test_kernels_off_step_is_update_then_apply_updates():
     assert "optadam_rms" not in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
+
+
+# rmsprop(momentum=β): the one pass adds scale_by_momentum's trace over (−η)·u_t. Odd sizes and a
+# leaf over 65,536 elements (the pool split); every switch of scale_by_rms with heavy-ball and
+# Nesterov.
+MOMENTUM_SHAPES = {"s": (), "one": (1,), "three": (3,), "odd": (1023,), "big": (257, 263)}
+MOMENTUM_OPTIONS = {
+    "heavy_ball": {"momentum": 0.9},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "eps_outside": {"momentum": 0.8, "eps_in_sqrt": False},
+    "eps_outside_nesterov": {"momentum": 0.8, "eps_in_sqrt": False, "nesterov": True},
+    "centered_bias_nesterov": {
+        "momentum": 0.9,
+        "nesterov": True,
+        "centered": True,
+        "bias_correction": True,
+        "decay": 0.8,
+    },
+    "centered_eps_outside_initial_scale": {
+        "momentum": 0.5,
+        "centered": True,
+        "eps_in_sqrt": False,
+        "initial_scale": 0.1,
+    },
+    "zero_momentum_stochastic_rounding": {"momentum": 0.0, "stochastic_rounding": True},
+}
+
+
+def momentum_problem(seed: int, dtype: str) -> tuple[dict, list[dict]]:
+    rng = np.random.default_rng(seed)
+    params = random_tree_of(rng, dtype, MOMENTUM_SHAPES)
+    return params, [random_tree_of(rng, dtype, MOMENTUM_SHAPES) for _ in range(STEPS)]
+
+
+def random_tree_of(rng: np.random.Generator, dtype: Any, shapes: dict) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", MOMENTUM_OPTIONS)
+def test_momentum_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(
+    name, dtype, request
+):
+    """rmsprop(momentum=...)'s one pass takes the rms kernel's u_t, (−η)·u_t, the momentum
+    kernel's trace and θ + step in that order: the same bits as the kernel-backed update (two
+    kernel calls) + apply_updates, every step, params, moments and trace alike."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    params, grads = momentum_problem(6, dtype)
+    for lr in LEARNING_RATES.values():
+
+        def make(lr=lr):
+            return optadam.rmsprop(lr, **MOMENTUM_OPTIONS[name])
+
+        one, s_one, traced = trajectory(make, True, True, params, grads)
+        two, s_two, traced_two = trajectory(make, True, False, params, grads)
+        assert traced.count("ffi_call") == 1 and "optadam_rms_momentum_step" in traced
+        assert "optadam_rms_f" in traced_two and "optadam_momentum_f" in traced_two
+        assert_same(one, two)
+        assert_same(s_one, s_two)
+        assert jax.tree.structure(s_one) == jax.tree.structure(s_two)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", MOMENTUM_OPTIONS)
+def test_momentum_one_pass_step_matches_xla_path(name, dtype, request):
+    """The one pass against kernels off, step after step from the same params and state (a
+    schedule). float32 with ε outside the root: params, moments and trace bitwise. With ε
+    inside, the moments bitwise and the trace and params within MOMENTUM_ULPS of the leaf's
+    largest value (params: of their step, plus 1 ulp of themselves). float64: 1e-14 relative (XLA
+    contracts (−η)·u_t into the Nesterov step's FMA in some float64 programs)."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    params, grads = momentum_problem(7, dtype)
+    options = MOMENTUM_OPTIONS[name]
+
+    def make():
+        return optadam.rmsprop(LEARNING_RATES["schedule"], **options)
+
+    pairs, traced, traced_xla = lockstep(make, True, params, grads)
+    assert "optadam_rms_momentum_step" in traced and "optadam_" not in traced_xla
+    bitwise = dtype == "float32" and not options.get("eps_in_sqrt", True)
+    before = params
+    for (p, s), (p_xla, s_xla) in pairs:
+        assert_same(rms_states(s), rms_states(s_xla))
+        if bitwise:
+            assert_same((p, s), (p_xla, s_xla))
+        for x, y in zip(*(jax.tree.leaves(t) for t in (s[2].trace, s_xla[2].trace)), strict=True):
+            within(x, y, MOMENTUM_ULPS * ulp(np.max(np.abs(y)), dtype))
+        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
+            top, moved = np.max(np.abs(y)), np.max(np.abs(np.asarray(y) - np.asarray(y0)))
+            within(x, y, ulp(top, dtype) + MOMENTUM_ULPS * ulp(moved, dtype))
+        before = p_xla
+
+
+# With ε inside the root, (−η)·u_t differs from the XLA path's by up to 4 float32 ulp of the
+# leaf's largest value on the 67,591-element leaf (the rsqrt bound above, over more samples).
+MOMENTUM_ULPS = 4
+
+
+def ulp(x: Any, dtype: str) -> float:
+    """One float32 ulp of x; in float64 1e-14 of x (the issue's relative bound)."""
+    return float(np.spacing(np.float32(x))) if dtype == "float32" else 1e-14 * float(x)
+
+
+def within(x: Any, y: Any, atol: float) -> None:
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)

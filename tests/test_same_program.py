@@ -50,6 +50,9 @@ SAME_NAMED = {  # label: (factory name, positional args, keyword args), the same
     "scale_by_adam": ("scale_by_adam", (), {}),
     "scale_by_amsgrad": ("scale_by_amsgrad", (), {}),
     "scale_by_rms": ("scale_by_rms", (), {}),
+    "clip_by_global_norm": ("clip_by_global_norm", (1.0,), {}),
+    # the same parts chained by each: optadam.chain's update is optax.chain's
+    "chain": ("chain", (optadam.clip_by_global_norm(1.0), optadam.adam(0.1)), {}),
 }
 # The documented departures: operations optadam adds (its program minus optax's; nothing less).
 # Centered RMSProp: per leaf, a maximum with a broadcast 0 (a scalar constant in each fusion).

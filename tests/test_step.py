@@ -17,6 +17,8 @@ import numpy as np
 import optax
 import pytest
 from harness import needs_kernels
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import optadam
 
@@ -33,6 +35,15 @@ ONE_PASS = {
         optax.cosine_decay_schedule(0.1, 10), weight_decay=optax.linear_schedule(0.3, 0.0, 8)
     ),
     "adamw_array_lr": lambda: optadam.adamw(jnp.asarray(0.05), weight_decay=0.1),
+    # global-norm clipping joins the pass (‖g‖ is about 14 here: 1.0 clips every step, 1e3 none)
+    "adam_clipped": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adam(0.1)),
+    "adamw_schedules_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(jnp.asarray(5.0)),
+        optadam.adamw(optax.cosine_decay_schedule(0.1, 10), weight_decay=0.3),
+    ),
+    "nadam_below_max_norm": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1e3), optadam.nadam(0.1)
+    ),
 }
 TWO_CALLS = {
     "adamw_masked": lambda: optadam.adamw(0.1, mask=lambda p: {k: k != "w" for k in p}),
@@ -42,6 +53,15 @@ TWO_CALLS = {
     "adam_bfloat16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.bfloat16),
     "adam_8bit": lambda: optadam.adam(0.1, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
+    "adam_optax_chain_clipped": lambda: optax.chain(
+        optax.clip_by_global_norm(1.0), optadam.adam(0.1)
+    ),
+    "rmsprop_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1)
+    ),
+    "adam_8bit_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.adam(0.1, state_bits=8)
+    ),
 }
 
 
@@ -241,3 +261,55 @@ def test_one_pass_is_on_by_default_for_step_only_and_the_switches_turn_it_off(mo
     monkeypatch.delenv("OPTADAM_NATIVE")
     optadam.set_native_enabled(False)
     assert "optadam_adam" not in traced(True)
+
+
+@needs_kernels
+def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
+    """A model filtered to its arrays (``eqx.filter``) has None where it holds functions; those
+    leaves have no param, gradient or moment, and the rest still takes the one pass."""
+    rng = np.random.default_rng(7)
+    arrays = random_tree(rng, jnp.float32)
+    params = {**arrays, "activation": None}
+    grads = [{**random_tree(rng, jnp.float32), "activation": None} for _ in range(4)]
+    for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
+        one, s_one, traced = trajectory(make, True, True, params, grads, False)
+        two, s_two, _ = trajectory(make, True, False, params, grads, False)
+        assert "_step_f32" in traced
+        assert all(p["activation"] is None for p in one)
+        assert_same(one, two)
+        assert_same(s_one, s_two)
+
+
+@needs_kernels
+def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_device():
+    """The step kernel is element-wise: over a sharded mesh it runs on each device's shards."""
+    optadam.set_native_enabled(True)
+    # Auto axes: under jit the tracers' types then carry no sharding (Explicit-axis tracers take
+    # the XLA path, see optadam._leafwise._on_one_cpu)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
+    rng = np.random.default_rng(9)
+    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
+    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
+
+    def place(tree: dict) -> dict:
+        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+
+    for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
+        tx = make()
+        step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p))
+        sharded_params = place(params)
+        state = tx.init(sharded_params)
+        lowered = step.lower(sharded_params, state, place(grads))
+        compiled = lowered.compile().as_text()  # (the kernel's name appears once partitioned)
+        assert "_step_f32" in compiled and "all-gather" not in compiled
+        new, new_state = step(sharded_params, state, place(grads))
+        for k in specs:
+            assert new[k].sharding.is_equivalent_to(NamedSharding(mesh, specs[k]), 1 + (k == "w"))
+        for leaf, like in zip(
+            jax.tree.leaves(new_state), jax.tree.leaves(tx.init(sharded_params)), strict=True
+        ):
+            assert leaf.sharding.is_equivalent_to(like.sharding, leaf.ndim)
+        alone, alone_state = step(params, tx.init(params), grads)
+        assert_same(new, alone)
+        assert_same(new_state, alone_state)

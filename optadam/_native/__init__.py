@@ -19,6 +19,7 @@ and why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,7 +41,7 @@ from jax.experimental.custom_partitioning import SdyShardingRule, custom_partiti
 from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc")
+SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc", "adagrad.cc")
 HEADERS = ("leaves.h",)
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
 # -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
@@ -55,6 +57,9 @@ TARGETS: tuple[str, ...] = (
 TARGETS += ("optadam_momentum_f32", "optadam_momentum_f64")
 TARGETS += ("optadam_momentum_step_f32", "optadam_momentum_step_f64")
 TARGETS += ("optadam_rms_f32", "optadam_rms_f64", "optadam_rms_step_f32", "optadam_rms_step_f64")
+TARGETS += ("optadam_rms_momentum_step_f32", "optadam_rms_momentum_step_f64")
+TARGETS += ("optadam_adagrad_f32", "optadam_adagrad_f64")
+TARGETS += ("optadam_adagrad_step_f32", "optadam_adagrad_step_f64")
 SOURCES += ("amsgrad.cc", "radam.cc")
 TARGETS += ("optadam_amsgrad_f32", "optadam_amsgrad_f64")
 TARGETS += ("optadam_amsgrad_step_f32", "optadam_amsgrad_step_f64")
@@ -90,6 +95,19 @@ def set_native_enabled(enabled: bool | None) -> None:
     """
     global _switched_off
     _switched_off = None if enabled is None else not enabled
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """The kernels off for what is traced inside (then as before): for code that reads the XLA
+    path's per-leaf operations, which one kernel call over all leaves would hide."""
+    global _switched_off
+    saved = _switched_off
+    _switched_off = True
+    try:
+        yield
+    finally:
+        _switched_off = saved
 
 
 def native_status() -> NativeStatus:
@@ -172,26 +190,33 @@ def _key(compiler: str) -> str:
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile the sources into ``target``, atomically: a temporary file renamed into place."""
+    """Compile the sources into ``target``, atomically: a temporary file renamed into place.
+
+    A compiler that refuses ``-march=native`` (some clang releases on arm64) gets
+    ``-mcpu=native``, then no tuning flag: the library is the same code, less tuned.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    command = [
-        *shlex.split(compiler),
-        *_flags(),
-        "-isystem",
-        jax.ffi.include_dir(),
-        *(str(SOURCE_DIR / s) for s in SOURCES),
-        "-o",
-        tmp,
-    ]
     print(f"optadam: building native CPU kernels (once) into {target}", file=sys.stderr)
+    sources = [str(SOURCE_DIR / s) for s in SOURCES]
+    failures = []
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
+        for tuning in (None, ["-mcpu=native"], []):
+            flags = _flags()
+            if tuning is not None:
+                flags = [f for f in flags if f != "-march=native"] + tuning
+            command = [*shlex.split(compiler), *flags, "-isystem", jax.ffi.include_dir()]
+            command += [*sources, "-o", tmp]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return
             tail = " | ".join(done.stderr.strip().splitlines()[-5:])
-            raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}): {tail}")
-        os.replace(tmp, target)
+            failures.append(f"{shlex.join(command)} failed ({done.returncode}): {tail}")
+            if "-march=native" not in _flags():
+                break
+        raise RuntimeError(failures[0])
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

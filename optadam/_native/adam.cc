@@ -65,24 +65,27 @@ ffi::Future Adam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
                        });
 }
 
-// optadam.step's scalars: Adam's, then −η (the sign as scale_by_learning_rate applies it) and λ.
+// optadam.step's scalars: the global-norm clip in front (leaves.h; "no clip" without one), Adam's,
+// then −η (the sign as scale_by_learning_rate applies it) and λ.
 template <typename T>
 struct StepScalars {
+  ClipScalars<T> clip;
   AdamScalars<T> adam;
   T minus_lr, weight_decay;
 };
 constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
 
 // Elements [begin, end) of one leaf of a whole step, as the chain computes it followed by
-// optax.apply_updates: u_t from scale_by_adam, then add_decayed_weights' u_t + λ·θ, then
-// scale_by_learning_rate's (−η)·u_t, then θ + that. XLA:CPU fuses those last ops into one loop
-// and contracts each multiply-add into an FMA, as MulAdd does here. No update buffer: θ, m and v
-// are written in place.
-template <typename T, bool kNesterov, bool kDecay>
+// optax.apply_updates: g_t clipped (with kClip), u_t from scale_by_adam, then
+// add_decayed_weights' u_t + λ·θ, then scale_by_learning_rate's (−η)·u_t, then θ + that. XLA:CPU
+// fuses those last ops into one loop and contracts each multiply-add into an FMA, as MulAdd does
+// here. No update buffer: θ, m and v are written in place.
+template <typename T, bool kNesterov, bool kDecay, bool kClip>
 void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
                T* __restrict mu, T* __restrict nu, size_t begin, size_t end) {
   for (size_t i = begin; i < end; ++i) {
-    T u = AdamElement<T, kNesterov>(s.adam, g[i], mu[i], nu[i]);
+    T g_t = Clipped<T, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    T u = AdamElement<T, kNesterov>(s.adam, g_t, mu[i], nu[i]);
     if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
     theta[i] = MulAdd(u, s.minus_lr, theta[i]);           // θ_t = θ_{t-1} + u_t·(−η)
   }
@@ -106,8 +109,14 @@ ffi::Future AdamStep(ffi::ThreadPool pool, bool nesterov, bool decay, ffi::Remai
       return Done(error);
     }
   }
-  auto step = nesterov ? (decay ? StepRange<T, true, true> : StepRange<T, true, false>)
-                       : (decay ? StepRange<T, false, true> : StepRange<T, false, false>);
+  using Range = void (*)(const StepScalars<T>&, const T*, T*, T*, T*, size_t, size_t);
+  // [nesterov][decay][clip]; whether to clip is known only now, from this step's norm
+  static constexpr Range kRanges[2][2][2] = {
+      {{StepRange<T, false, false, false>, StepRange<T, false, false, true>},
+       {StepRange<T, false, true, false>, StepRange<T, false, true, true>}},
+      {{StepRange<T, true, false, false>, StepRange<T, true, false, true>},
+       {StepRange<T, true, true, false>, StepRange<T, true, true, true>}}};
+  Range step = kRanges[nesterov][decay][s.clip.clip != 0];
   return InParallel<T>(pool, std::move(leaves),
                        [s, step](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
                          Alias(b, 1, 0, begin, end);  // θ

@@ -174,4 +174,19 @@ ffi::ErrorOr<const T*> GetScalars(const ffi::RemainingArgs& args, size_t count) 
   return static_cast<const T*>(buffer->untyped_data());
 }
 
+// Global-norm clipping before a step kernel (optadam/clipping.py, chained in front of the
+// optimizer): the first runtime scalars of every step kernel. `clip` is 1 when ‖g‖ >= c (or ‖g‖ is
+// NaN), else 0; ‖g‖ is one reduction over all the gradients, computed by XLA before the call.
+template <typename T>
+struct ClipScalars {
+  T clip, g_norm, max_norm;
+};
+
+// One gradient element as clip_leaf (clipping.py) hands it on: g' = (g / ‖g‖) · c, two roundings
+// as XLA rounds them; kClip is false when ‖g‖ < c (g passes unchanged).
+template <typename T, bool kClip>
+inline T Clipped(const ClipScalars<T>& s, T g) {
+  return kClip ? (g / s.g_norm) * s.max_norm : g;
+}
+
 }  // namespace optadam

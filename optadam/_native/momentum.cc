@@ -55,23 +55,27 @@ ffi::Future Momentum(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs arg
                        });
 }
 
-// optadam.step's scalars: Momentum's, then −η (the sign as scale_by_learning_rate applies it).
+// optadam.step's scalars: the global-norm clip in front (leaves.h; "no clip" without one),
+// Momentum's, then −η (the sign as scale_by_learning_rate applies it).
 template <typename T>
 struct MomentumStepScalars {
+  ClipScalars<T> clip;
   MomentumScalars<T> momentum;
   T minus_lr;
 };
 constexpr size_t kMomentumStepScalars = sizeof(MomentumStepScalars<float>) / sizeof(float);
 
 // Elements [begin, end) of one leaf of a whole step, as sgd's chain computes it followed by
-// optax.apply_updates: u_t from scale_by_momentum, then scale_by_learning_rate's (−η)·u_t, then
-// θ + that, which XLA:CPU fuses into one loop and contracts into an FMA, as MulAdd does here. No
-// update buffer: θ and the trace are written in place.
-template <typename T, bool kNesterov>
+// optax.apply_updates: g_t clipped (with kClip), u_t from scale_by_momentum, then
+// scale_by_learning_rate's (−η)·u_t, then θ + that, which XLA:CPU fuses into one loop and
+// contracts into an FMA, as MulAdd does here. No update buffer: θ and the trace are written in
+// place.
+template <typename T, bool kNesterov, bool kClip>
 void MomentumStepRange(const MomentumStepScalars<T>& s, const T* __restrict g,
                        T* __restrict theta, T* __restrict trace, size_t begin, size_t end) {
   for (size_t i = begin; i < end; ++i) {
-    T u = MomentumElement<T, kNesterov>(s.momentum, g[i], trace[i]);
+    T g_t = Clipped<T, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    T u = MomentumElement<T, kNesterov>(s.momentum, g_t, trace[i]);
     theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
   }
 }
@@ -94,7 +98,12 @@ ffi::Future MomentumStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs
       return Done(error);
     }
   }
-  auto step = nesterov ? MomentumStepRange<T, true> : MomentumStepRange<T, false>;
+  using Range = void (*)(const MomentumStepScalars<T>&, const T*, T*, T*, size_t, size_t);
+  // [nesterov][clip]; whether to clip is known only now, from this step's norm
+  static constexpr Range kRanges[2][2] = {
+      {MomentumStepRange<T, false, false>, MomentumStepRange<T, false, true>},
+      {MomentumStepRange<T, true, false>, MomentumStepRange<T, true, true>}};
+  Range step = kRanges[nesterov][s.clip.clip != 0];
   return InParallel<T>(pool, std::move(leaves),
                        [s, step](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
                          Alias(b, 1, 0, begin, end);  // θ

@@ -154,6 +154,78 @@ ffi::Future RmsStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
                        });
 }
 
+// optadam.step's scalars for rmsprop(momentum=β): the step's above, then β (the trace's decay).
+template <typename T>
+struct MomentumStepScalars {
+  StepScalars<T> step;
+  T beta;
+};
+constexpr size_t kMomentumStepScalars = sizeof(MomentumStepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step of rmsprop(momentum=β), as chain(scale_by_rms,
+// scale_by_learning_rate, scale_by_momentum) followed by optax.apply_updates computes it: u_t,
+// then v_t = (−η)·u_t, then momentum.cc's trace and direction over v_t, then θ + that (a plain
+// add: no multiply left to contract). θ, the moments and the trace are written in place.
+template <typename T, bool kCentered, bool kEpsInSqrt, bool kNesterov>
+void MomentumStepRange(const MomentumStepScalars<T>& s, const T* __restrict g,
+                       T* __restrict theta, T* __restrict mu, T* __restrict nu,
+                       T* __restrict trace, size_t begin, size_t end) {
+  T unused = 0;
+  for (size_t i = begin; i < end; ++i) {
+    T u = RmsElement<T, kCentered, kEpsInSqrt>(s.step.rms, g[i], kCentered ? mu[i] : unused,
+                                               nu[i]);
+    T v = u * s.step.minus_lr;                        // v_t = u_t·(−η)
+    trace[i] = MulAdd(s.beta, trace[i], v);           // trace_t = v_t + β · trace_{t-1}
+    T step = kNesterov ? MulAdd(s.beta, trace[i], v)  // Nesterov: v_t + β · trace_t
+                       : trace[i];                    // heavy-ball: trace_t
+    theta[i] = theta[i] + step;                       // θ_t = θ_{t-1} + step
+  }
+}
+
+// The loop for these switches: one template instance each, so no branch inside the loop.
+template <typename T, bool kCentered>
+auto MomentumStepFor(bool eps_in_sqrt, bool nesterov) {
+  return eps_in_sqrt
+             ? (nesterov ? MomentumStepRange<T, kCentered, true, true>
+                         : MomentumStepRange<T, kCentered, true, false>)
+             : (nesterov ? MomentumStepRange<T, kCentered, false, true>
+                         : MomentumStepRange<T, kCentered, false, false>);
+}
+
+// Operands: the scalars, then per leaf (g, θ, nu, trace), or (g, θ, mu, nu, trace) when centered;
+// results per leaf (θ, nu, trace) or (θ, mu, nu, trace), all in place.
+template <typename T>
+ffi::Future RmsMomentumStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, bool nesterov,
+                            ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kMomentumStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  MomentumStepScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  if (centered) {
+    auto step = MomentumStepFor<T, true>(eps_in_sqrt, nesterov);
+    std::vector<Leaf<T, 5, 4>> leaves;
+    if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+    return InParallel<T>(pool, std::move(leaves),
+                         [s, step](const Leaf<T, 5, 4>& b, size_t begin, size_t end) {
+                           Alias(b, 1, 0, begin, end);  // θ
+                           Alias(b, 2, 1, begin, end);  // mu
+                           Alias(b, 3, 2, begin, end);  // nu
+                           Alias(b, 4, 3, begin, end);  // trace
+                           step(s, b.in[0], b.out[0], b.out[1], b.out[2], b.out[3], begin, end);
+                         });
+  }
+  auto step = MomentumStepFor<T, false>(eps_in_sqrt, nesterov);
+  std::vector<Leaf<T, 4, 3>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, step](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // nu
+                         Alias(b, 3, 2, begin, end);  // trace
+                         step(s, b.in[0], b.out[0], nullptr, b.out[1], b.out[2], begin, end);
+                       });
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -170,3 +242,20 @@ OPTADAM_RMS_HANDLER(optadam_rms_f32, optadam::Rms, float)
 OPTADAM_RMS_HANDLER(optadam_rms_f64, optadam::Rms, double)
 OPTADAM_RMS_HANDLER(optadam_rms_step_f32, optadam::RmsStep, float)
 OPTADAM_RMS_HANDLER(optadam_rms_step_f64, optadam::RmsStep, double)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_momentum_step_f32, optadam::RmsMomentumStep<float>,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("nesterov")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_momentum_step_f64, optadam::RmsMomentumStep<double>,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("nesterov")
+                                  .RemainingArgs()
+                                  .RemainingRets());

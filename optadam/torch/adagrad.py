@@ -24,7 +24,7 @@ import optax
 
 from optadam import _dtypes
 from optadam._leafwise import full_like, map_leaves
-from optadam.adagrad import ScaleByAdagradState
+from optadam.adagrad import ScaleByAdagradState, adagrad_kernel
 from optadam.torch._common import (
     TorchOptimizer,
     at_least_zero,
@@ -63,7 +63,10 @@ def scale_by_adagrad(
         def direction(g: Any, s: Any) -> Any:
             return g / (jnp.sqrt(s) + eps)
 
-        updates, sum_of_squares = map_leaves(moments, direction, updates, state.sum_of_squares)
+        native = adagrad_kernel(eps, eps_in_sqrt=False)
+        updates, sum_of_squares = map_leaves(
+            moments, direction, updates, state.sum_of_squares, kernel=native
+        )
         return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,133 @@
+// AdaGrad, each element in one pass: optadam/adagrad.py's scale_by_adagrad (its moments, then its
+// direction) transcribed line for line, with the same names and order; with ε outside the root,
+// optadam/torch/adagrad.py's torch form. The Python stays the definition;
+// tests/test_native_adagrad.py holds this file to it.
+#include <cmath>
+
+#include "leaves.h"
+
+namespace optadam {
+namespace {
+
+// This step's runtime scalars, in the order scale_by_adagrad lists them for its Kernel.
+template <typename T>
+struct AdagradScalars {
+  T eps;  // ε
+};
+constexpr size_t kAdagradScalars = sizeof(AdagradScalars<float>) / sizeof(float);
+
+// One element of scale_by_adagrad's update; `s` (sum_of_squares) is updated in place, u_t
+// returned.
+template <typename T, bool kEpsInSqrt>
+inline T AdagradElement(const AdagradScalars<T>& k, T g, T& s) {
+  s = MulAdd(g, g, s);  // s_t = s_{t-1} + |g_t|²
+  if (kEpsInSqrt) {
+    // u_t = g_t / sqrt(s_t + ε), 0 where s_t = 0 (and where s_t is NaN: `s > 0` is false, as in
+    // jnp.where). The root is taken everywhere, then selected: a conditional sqrt and division
+    // would keep GCC from vectorizing the loop (they may trap).
+    T scale = T(1) / std::sqrt(s + k.eps);
+    return (s > T(0) ? scale : T(0)) * g;
+  }
+  return g / (std::sqrt(s) + k.eps);  // torch: u_t = g_t / (sqrt(s_t) + ε)
+}
+
+// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
+// adam.cc), the sum in place.
+template <typename T, bool kEpsInSqrt>
+void UpdateRange(const AdagradScalars<T>& k, const T* g, T* __restrict s, T* u, size_t begin,
+                 size_t end) {
+  for (size_t i = begin; i < end; ++i) u[i] = AdagradElement<T, kEpsInSqrt>(k, g[i], s[i]);
+}
+
+// The leaves of one call, `kIns` inputs and `kOuts` results each.
+template <typename T, int kIns, int kOuts>
+ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
+  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
+    return ffi::Error::InvalidArgument("optadam adagrad kernel: operand count");
+  }
+  leaves.resize(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
+        error.failure()) {
+      return error;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Operands: the scalars, then per leaf (g, s); results per leaf (u, s), the sum in place. Split
+// over XLA's thread pool as Adam is (InParallel).
+template <typename T>
+ffi::Future Adagrad(ffi::ThreadPool pool, bool eps_in_sqrt, ffi::RemainingArgs args,
+                    ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kAdagradScalars);
+  if (packed.has_error()) return Done(packed.error());
+  AdagradScalars<T> k;
+  std::memcpy(&k, *packed, sizeof(k));
+  std::vector<Leaf<T, 2, 2>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  auto update = eps_in_sqrt ? UpdateRange<T, true> : UpdateRange<T, false>;
+  return InParallel<T>(pool, std::move(leaves),
+                       [k, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 1, begin, end);  // s
+                         update(k, b.in[0], b.out[1], b.out[0], begin, end);
+                       });
+}
+
+// optadam.step's scalars: scale_by_adagrad's, then −η (the sign as scale_by_learning_rate
+// applies it).
+template <typename T>
+struct StepScalars {
+  AdagradScalars<T> adagrad;
+  T minus_lr;
+};
+constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step, as chain(scale_by_adagrad,
+// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
+// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the sum are
+// written in place; no update buffer.
+template <typename T, bool kEpsInSqrt>
+void StepRange(const StepScalars<T>& k, const T* __restrict g, T* __restrict theta,
+               T* __restrict s, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    T u = AdagradElement<T, kEpsInSqrt>(k.adagrad, g[i], s[i]);
+    theta[i] = MulAdd(u, k.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
+  }
+}
+
+// Operands: the scalars, then per leaf (g, θ, s); results per leaf (θ, s), both in place.
+template <typename T>
+ffi::Future AdagradStep(ffi::ThreadPool pool, bool eps_in_sqrt, ffi::RemainingArgs args,
+                        ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  StepScalars<T> k;
+  std::memcpy(&k, *packed, sizeof(k));
+  std::vector<Leaf<T, 3, 2>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  auto step = eps_in_sqrt ? StepRange<T, true> : StepRange<T, false>;
+  return InParallel<T>(pool, std::move(leaves),
+                       [k, step](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // s
+                         step(k, b.in[0], b.out[0], b.out[1], begin, end);
+                       });
+}
+
+}  // namespace
+}  // namespace optadam
+
+#define OPTADAM_ADAGRAD_HANDLER(name, fn, T)                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<T>,                            \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("eps_in_sqrt")          \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
+
+OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_f32, optadam::Adagrad, float)
+OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_f64, optadam::Adagrad, double)
+OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_step_f32, optadam::AdagradStep, float)
+OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_step_f64, optadam::AdagradStep, double)
