@@ -275,7 +275,10 @@ def scale_by_amsgrad(
 
     def init_fn(params: optax.Params) -> ScaleByAmsgradState:
         mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
-        return ScaleByAmsgradState(count=zero_count(params), mu=mu, nu=nu, nu_max=nu)
+        # v_max_0 = v_0 = 0 in buffers of its own: a donated state must not hand XLA one buffer
+        # twice (jit(optadam.step, donate_argnums=...) refuses it)
+        nu_max = jax.tree.map(jnp.copy, nu)
+        return ScaleByAmsgradState(count=zero_count(params), mu=mu, nu=nu, nu_max=nu_max)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAmsgradState, params: optax.Params | None = None

@@ -415,3 +415,27 @@ def test_meta_gradient_and_vmap_through_the_kernel_equal_the_xla_path(via_step):
     grad_x, swept_x = meta(False, via_step)
     np.testing.assert_allclose(grad_k, grad_x, rtol=1e-5)
     np.testing.assert_allclose(swept_k, swept_x, rtol=1e-6)
+
+
+@needs_kernels
+def test_donated_step_from_init_runs_in_place_and_equals_two_calls():
+    """``tx.init``'s state can be donated as it is (``nu_max`` does not share ``nu``'s buffers),
+    and the donated one-pass step equals ``update`` + ``apply_updates``."""
+    optadam.set_native_enabled(True)
+    rng = np.random.default_rng(9)
+    params = random_tree(rng, jnp.float32)
+    grads = gradient_stream(rng, jnp.float32)[:3]
+    tx = optadam.amsgrad(0.01)
+    step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
+
+    @jax.jit
+    def two_calls(p: Any, s: Any, g: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    p_two, s_two = params, tx.init(params)
+    for g in grads:
+        p, s = step(p, s, g)
+        p_two, s_two = two_calls(p_two, s_two, g)
+    assert_same((p, s), (p_two, s_two))
