@@ -27,7 +27,9 @@ def step(
     global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``; ``adam``, ``nadam``
     and ``adamw`` with ``state_bits=8`` and float32 params take it block by block, writing the
     codes and scales in place. Anything else -- other transformations, wrappers around these,
-    bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``.
+    bfloat16 state, kernels off -- takes ``update`` + ``apply_updates``. ``amsgrad`` and
+    ``radam`` take the one pass as well (AMSGrad's ``nu_max`` and RAdam's rectification
+    included, the latter as runtime operands).
 
     Example:
       >>> import jax.numpy as jnp, optadam

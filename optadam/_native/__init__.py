@@ -61,6 +61,11 @@ TARGETS += ("optadam_rms_f32", "optadam_rms_f64", "optadam_rms_step_f32", "optad
 TARGETS += ("optadam_rms_momentum_step_f32", "optadam_rms_momentum_step_f64")
 TARGETS += ("optadam_adagrad_f32", "optadam_adagrad_f64")
 TARGETS += ("optadam_adagrad_step_f32", "optadam_adagrad_step_f64")
+SOURCES += ("amsgrad.cc", "radam.cc")
+TARGETS += ("optadam_amsgrad_f32", "optadam_amsgrad_f64")
+TARGETS += ("optadam_amsgrad_step_f32", "optadam_amsgrad_step_f64")
+TARGETS += ("optadam_radam_f32", "optadam_radam_f64")
+TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
 TARGETS += ("optadam_adam8_step_f32",)
 
 
