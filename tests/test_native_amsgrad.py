@@ -197,7 +197,9 @@ def test_one_leaf_tree_keeps_nu_max_within_one_ulp(dtype, request):
     optadam.set_native_enabled(True)
     tx = optadam.amsgrad(0.01)
     s_native = s_xla = tx.init(params)
-    native = jax.jit(tx.update)
+    native = jax.jit(tx.update).lower(grads[0], s_native)  # traced now, with the kernels on
+    assert "optadam_" in native.as_text()
+    native = native.compile()
     optadam.set_native_enabled(False)
     xla = jax.jit(optadam.amsgrad(0.01).update)
     for g in grads:  # each path on its own: nothing is reset to the XLA path's state

@@ -137,14 +137,16 @@ def test_one_pass_step_matches_xla_path_step_by_step(name, dtype, request):
     rng = np.random.default_rng(1)
     params = random_tree(rng, dtype)
     grads = [random_tree(rng, dtype) for _ in range(STEPS)]
-    optadam.set_native_enabled(True)
-    tx_one = ONE_PASS[name]()
-    one = jax.jit(lambda p, s, g: optadam.step(tx_one, g, s, p))
-    optadam.set_native_enabled(False)
-    tx_xla = ONE_PASS[name]()
-    xla = jax.jit(lambda p, s, g: optadam.step(tx_xla, g, s, p))
-    p, s = params, tx_xla.init(params)
-    optadam.set_native_enabled(True)
+    p, s = params, ONE_PASS[name]().init(params)
+
+    def compiled(native: bool) -> Any:  # traced now, under this switch (jit traces lazily)
+        optadam.set_native_enabled(native)
+        tx = ONE_PASS[name]()
+        step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p)).lower(p, s, grads[0])
+        assert ("_step_f" in step.as_text()) == native
+        return step.compile()
+
+    one, xla = compiled(True), compiled(False)
     for g in grads:
         p_one, s_one = one(p, s, g)
         p_x, s_x = xla(p, s, g)
