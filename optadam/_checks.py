@@ -68,6 +68,13 @@ def non_negative(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {_describe(value)}")
 
 
+def non_negative_or_inf(name: str, value: Any) -> None:
+    """A bound that +inf switches off (a clipping norm): >= 0, not NaN."""
+    array = _real_array(name, value)
+    if array is not None and not np.all(array >= 0):
+        raise ValueError(f"{name} must be >= 0 (inf: no bound), got {_describe(value)}")
+
+
 def finite(name: str, value: Any) -> None:
     """Any finite real number (e.g. RAdam's threshold)."""
     array = _real_array(name, value)

@@ -22,6 +22,8 @@ optimizer modules stay a transcription of their papers.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -442,6 +444,129 @@ def native_step(
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
 
 
+def native_step_8bit(
+    kernel: Kernel,
+    xla: Callable[..., list[jax.Array]],
+    grads: optax.Updates,
+    params: optax.Params,
+    mu: optax.Params,
+    nu: optax.Params,
+    rounding_seed: jax.Array,
+) -> tuple[Any, ...] | None:
+    """:func:`native_step` for Adam's 8-bit state (``state_bits=8``): ``(new_params, mu, nu)``.
+
+    The leaves whose moments are 8-bit codes go through one ``optadam_adam8_step_f32`` call
+    (``kernel``'s scalars and options; ``optadam/_native/adam8.cc``), which per block decodes
+    m and v, takes the step, and encodes the new m and √v as :func:`map_leaves` does -- the
+    second moment rounded with the bits :func:`map_leaves` gives it (``rounding_seed`` offset by
+    the array's position, ``optadam._quantize.array_seed``). The small leaves, whose moments
+    stay float32, go through :func:`native_step`'s kernel. None unless every leaf fits one of
+    the two (float32 params and gradients, on one CPU device: the 8-bit call has no sharding
+    rule, so a jit over sharded params takes the XLA path), so the caller takes that path.
+
+    ``xla(g, p, mu, nu)`` is the step on float moments, as for :func:`native_step`.
+    """
+    if not _native.step_enabled() or jax.default_backend() != "cpu":
+        return None
+    g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
+    try:
+        p_leaves, mu_leaves, nu_leaves = [
+            _flatten_like(treedef, grads, x) for x in (params, mu, nu)
+        ]
+    except ValueError:
+        return None
+    every = (*jax.tree.leaves((g_leaves, p_leaves, mu_leaves, nu_leaves)), *kernel.scalars)
+    if not all(_kernel_traceable(x) for x in (*every, rounding_seed)):
+        return None
+    quantized: list[int] = []
+    plain: list[int] = []
+    positions: list[int] = []  # each 8-bit second moment's position, as map_leaves counts them
+    position = 0
+    for i, (g, p, m, v) in enumerate(zip(g_leaves, p_leaves, mu_leaves, nu_leaves, strict=True)):
+        if g is None:  # no param here (native_step passes it through) or no gradient (XLA path)
+            plain.append(i)
+            continue
+        if isinstance(m, QuantizedArray) or isinstance(v, QuantizedArray):
+            if not _kernel_fits_8bit(g, p, m, v, kernel.scalars):
+                return None
+            quantized.append(i)
+            positions.append((position + jnp.size(g)) % 2**32)
+        else:
+            plain.append(i)
+        position += 2 * jnp.size(g)
+    block_sizes = {mu_leaves[i].block_size for i in quantized}
+    if not quantized or len(block_sizes) != 1:
+        return None
+    done: dict[int, Sequence[Any]] = {}
+    if plain:
+        pick = [[leaves[i] for i in plain] for leaves in (g_leaves, p_leaves, mu_leaves, nu_leaves)]
+        floats = native_step(kernel, xla, *pick)
+        if floats is None:
+            return None
+        done.update(zip(plain, zip(*floats, strict=True), strict=True))
+    (block_size,) = block_sizes
+
+    def xla_8bit(g: Any, p: Any, *stored: Any) -> list[Any]:
+        mu_codes, mu_scales, nu_codes, nu_scales, seed = stored
+        m = _quantize.dequantize(QuantizedArray(mu_codes, mu_scales, 1, block_size))
+        v = _quantize.dequantize(QuantizedArray(nu_codes, nu_scales, 2, block_size))
+        new_p, new_m, new_v = xla(g, p, m, v)
+        m_q = _quantize.quantize(new_m, 1, block_size)
+        v_q = _quantize.quantize(new_v, 2, block_size, seed)
+        return [new_p, m_q.codes, m_q.scales, v_q.codes, v_q.scales]
+
+    seeds = rounding_seed + jnp.asarray(positions, jnp.uint32)  # array_seed, all leaves at once
+    leaves = [
+        [
+            jnp.asarray(g_leaves[i]),
+            p_leaves[i],
+            mu_leaves[i].codes,
+            mu_leaves[i].scales,
+            nu_leaves[i].codes,
+            nu_leaves[i].scales,
+            seeds[k],
+        ]
+        for k, i in enumerate(quantized)
+    ]
+    scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
+    in_place = {k: k - 1 for k in range(1, 6)}  # θ, then each moment's codes and scales
+    call = functools.partial(_native.call_blocks, block_size=block_size)
+    name = f"optadam_{kernel.name}8_step_f32"
+    outs = _kernel_call(name, kernel, xla_8bit, scalars, leaves, in_place, 5, call)
+    for i, (new_p, mu_codes, mu_scales, nu_codes, nu_scales) in zip(quantized, outs, strict=True):
+        new_mu = QuantizedArray(mu_codes, mu_scales, 1, block_size)
+        new_nu = QuantizedArray(nu_codes, nu_scales, 2, block_size)
+        done[i] = (new_p, new_mu, new_nu)
+    columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
+    return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
+
+
+def _kernel_fits_8bit(g: Any, p: Any, mu: Any, nu: Any, scalars: tuple[Any, ...]) -> bool:
+    """A float32 leaf with both moments 8-bit codes, on one CPU device and not sharded."""
+    if not (isinstance(mu, QuantizedArray) and isinstance(nu, QuantizedArray)):
+        return False
+    if (mu.moment, nu.moment) != (1, 2) or mu.block_size != nu.block_size:
+        return False
+    f32 = jnp.dtype(jnp.float32)
+    if any(jnp.result_type(x) != f32 for x in (g, p)) or jnp.shape(p) != jnp.shape(g):
+        return False
+    if mu.shape != jnp.shape(g) or nu.shape != jnp.shape(g):
+        return False
+    if any(jnp.result_type(x, f32) != f32 for x in scalars):
+        return False
+    arrays = (g, p, mu.codes, mu.scales, nu.codes, nu.scales)
+    return all(_on_one_cpu(x) and _on_no_mesh(x) for x in arrays)
+
+
+def _on_no_mesh(x: Any) -> bool:
+    """Not a ``jit`` tracer of an array placed on a mesh of several devices (whose type names
+    the mesh even over Auto axes, where it does not say how the array is split)."""
+    if not isinstance(x, jax.core.Tracer):
+        return True
+    mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+    return mesh is None or math.prod(mesh.shape.values()) <= 1
+
+
 def _empty(g: Any, s: list[Any]) -> bool:
     """A zero-size leaf whose params and states are plain arrays of its shape."""
     if g is None or jnp.size(g) != 0:
@@ -512,13 +637,15 @@ def _kernel_call(
     leaves: list[list[Any]],
     in_place: dict[int, int],
     results: int,
+    call: Callable[..., list[list[jax.Array]]] | None = None,
 ) -> list[list[jax.Array]]:
     """The kernel over ``leaves`` ([g, *others] each), differentiable by the XLA math.
 
     ``xla_leaf(g, *others)`` is one leaf's results in jnp. It closes over the hyperparameters,
     which may be tracers (a meta-gradient's): ``closure_convert`` makes them explicit operands, so
     the derivative rule sees their tangents. Each leaf gives ``results`` arrays; ``in_place`` maps
-    a leaf's operand to the result it is updated into.
+    a leaf's operand to the result it is updated into. ``call`` replaces ``_native.call`` (the
+    8-bit kernel's operands are not all shaped like the leaf).
     """
 
     def xla(leaves: list[list[Any]]) -> list[list[Any]]:
@@ -529,7 +656,8 @@ def _kernel_call(
     @jax.custom_jvp
     def run(consts: list[Any], scalars: jax.Array, leaves: list[list[Any]]) -> Any:
         del consts  # they are the scalars' sources, seen by the derivative rule only
-        return _native.call(name, scalars, leaves, results, in_place, **dict(kernel.options))
+        run_kernel = _native.call if call is None else call
+        return run_kernel(name, scalars, leaves, results, in_place, **dict(kernel.options))
 
     @run.defjvp
     def run_jvp(primals: Any, tangents: Any) -> Any:

@@ -354,6 +354,12 @@ def quantized_full_like(
     return QuantizedArray(codes_like(param, one if value else 0), scales, moment, block_size)
 
 
+def any_quantized(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is stored as 8-bit codes."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, QuantizedArray))
+    return any(isinstance(x, QuantizedArray) for x in leaves)
+
+
 def should_quantize(param: Any, storage_dtype: Any) -> bool:
     """8-bit storage is for real floating moments of leaves with at least 4,096 elements."""
     return math.prod(jnp.shape(param)) >= MIN_QUANTIZED_SIZE and jnp.issubdtype(

@@ -33,6 +33,7 @@ from optadam._leafwise import (
     abs_sq,
     map_leaves,
     native_step,
+    native_step_8bit,
     safe_increment,
     with_one_pass,
     zero_count,
@@ -96,6 +97,33 @@ def adam_direction(
     mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)  # m̂_t
     nu_hat = nu / c2  # v̂_t = v_t / (1 − β2^t)
     return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)  # u_t = m̂_t / (sqrt(v̂_t + ε_root) + ε)
+
+
+def amsgrad_bias_corrections(
+    b1: Any, b2: Any, t: jax.Array, bias_correction_mu: bool, bias_correction_nu: bool
+) -> tuple[Any, Any]:
+    """AMSGrad's 1 − β1^t and 1 − β2^t, each 1 where turned off, once per step."""
+    c1 = 1 - b1**t if bias_correction_mu else 1
+    c2 = 1 - b2**t if bias_correction_nu else 1
+    return c1, c2
+
+
+def amsgrad_moments(g: Any, mu: Any, nu: Any, nu_max: Any, b1: Any, b2: Any, c2: Any) -> Any:
+    """AMSGrad's moments: Adam's, then the running maximum of v̂ (``c2``: 1 − β2^t, or 1)."""
+    mu, nu = adam_moments(g, mu, nu, b1, b2)
+    nu_max = jnp.maximum(nu_max, nu / c2)  # v_max_t = max(v_max_{t-1}, v̂_t)
+    return mu, nu, nu_max
+
+
+def amsgrad_direction(mu: Any, nu_max: Any, eps: Any, eps_root: Any, c1: Any) -> Any:
+    """AMSGrad's step direction from the new moments (``c1``: 1 − β1^t, or 1)."""
+    mu_hat = mu / c1  # m̂_t = m_t / (1 − β1^t)
+    return mu_hat / (jnp.sqrt(nu_max + eps_root) + eps)  # u_t = m̂_t / (sqrt(v_max_t + ε_root) + ε)
+
+
+def amsgrad_scalars(b1: Any, b2: Any, eps: Any, eps_root: Any, c1: Any, c2: Any) -> tuple[Any, ...]:
+    """Step ``t``'s runtime scalars of the native AMSGrad kernel, in its C++ struct's order."""
+    return (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2)
 
 
 def init_moments(
@@ -248,30 +276,37 @@ def scale_by_amsgrad(
 
     def init_fn(params: optax.Params) -> ScaleByAmsgradState:
         mu, nu = init_moments(params, mu_dtype, nu_dtype, state_bits, block_size)
-        return ScaleByAmsgradState(count=zero_count(params), mu=mu, nu=nu, nu_max=nu)
+        # v_max_0 = v_0 = 0 in buffers of its own: a donated state must not hand XLA one buffer
+        # twice (jit(optadam.step, donate_argnums=...) refuses it)
+        nu_max = jax.tree.map(jnp.copy, nu)
+        return ScaleByAmsgradState(count=zero_count(params), mu=mu, nu=nu, nu_max=nu_max)
 
     def update_fn(
         updates: optax.Updates, state: ScaleByAmsgradState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAmsgradState]:
         del params
         t = safe_increment(state.count)
-        c1 = 1 - b1**t if bias_correction_mu else 1
-        c2 = 1 - b2**t if bias_correction_nu else 1
+        c1, c2 = amsgrad_bias_corrections(b1, b2, t, bias_correction_mu, bias_correction_nu)
 
         def moments(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
-            mu, nu = adam_moments(g, mu, nu, b1, b2)
-            nu_max = jnp.maximum(nu_max, nu / c2)
-            return mu, nu, nu_max
+            return amsgrad_moments(g, mu, nu, nu_max, b1, b2, c2)
 
         def direction(g: Any, mu: Any, nu: Any, nu_max: Any) -> Any:
-            mu_hat = mu / c1
-            return mu_hat / (jnp.sqrt(nu_max + eps_root) + eps)
+            return amsgrad_direction(mu, nu_max, eps, eps_root, c1)
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "amsgrad") if seeded else None
+        native = Kernel("amsgrad", amsgrad_scalars(b1, b2, eps, eps_root, c1, c2))
         updates, mu, nu, nu_max = map_leaves(
-            moments, direction, updates, state.mu, state.nu, state.nu_max, rounding_seed=rounding
+            moments,
+            direction,
+            updates,
+            state.mu,
+            state.nu,
+            state.nu_max,
+            rounding_seed=rounding,
+            kernel=native,
         )
         return updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
 
@@ -504,9 +539,13 @@ def _adam_one_pass(
                 u = u + wd * p
             return [(p + (u.astype(wide) * minus_lr).astype(p.dtype)).astype(p.dtype), mu, nu]
 
-        rounding = _quantize.rounding_seed(t, "adam") if seeded else None
-        mu_nu = (adam_state.mu, adam_state.nu)
-        done = native_step(kernel, xla, grads, params, *mu_nu, rounding_seed=rounding)
+        moments = (adam_state.mu, adam_state.nu)
+        rounding = _quantize.rounding_seed(t, "adam") if seeded else None  # as scale_by_adam's
+        if _quantize.any_quantized(adam_state.nu):  # state_bits=8: block by block, same seeds
+            seed = _quantize.rounding_seed(t, "adam")  # (seeded: state_bits is set)
+            done = native_step_8bit(kernel, xla, grads, params, *moments, rounding_seed=seed)
+        else:
+            done = native_step(kernel, xla, grads, params, *moments, rounding_seed=rounding)
         if done is None:
             return None
         new_params, mu, nu = done
@@ -546,7 +585,7 @@ def amsgrad(
       Array([0.9, 2.1], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
-    return optax.chain(
+    tx = optax.chain(
         scale_by_amsgrad(
             b1,
             b2,
@@ -562,3 +601,50 @@ def amsgrad(
         ),
         scale_by_learning_rate(learning_rate),
     )
+    corrections = (bias_correction_mu, bias_correction_nu)
+    return with_one_pass(tx, _amsgrad_one_pass(b1, b2, eps, eps_root, corrections, learning_rate))
+
+
+def _amsgrad_one_pass(
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    corrections: tuple[bool, bool],
+    learning_rate: optax.ScalarOrSchedule,
+) -> Any:
+    """``optadam.step``'s one pass for ``chain(scale_by_amsgrad, scale_by_learning_rate)``: the
+    native step kernel with the chain's scalars, each state advanced as its transformation
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
+    bfloat16 state, kernels off (``optadam._leafwise.native_step``). ``corrections``:
+    ``(bias_correction_mu, bias_correction_nu)``."""
+
+    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        if not isinstance(state, tuple) or len(state) != 2:
+            return None
+        amsgrad_state, lr_state = state
+        if not isinstance(amsgrad_state, ScaleByAmsgradState):
+            return None
+        t = safe_increment(amsgrad_state.count)
+        c1, c2 = amsgrad_bias_corrections(b1, b2, t, *corrections)
+        if callable(learning_rate):
+            minus_lr = -learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
+        else:
+            minus_lr = -learning_rate
+        kernel = Kernel("amsgrad", (*amsgrad_scalars(b1, b2, eps, eps_root, c1, c2), minus_lr))
+
+        def xla(g: Any, p: Any, mu: Any, nu: Any, nu_max: Any) -> list[Any]:
+            mu, nu, nu_max = amsgrad_moments(g, mu, nu, nu_max, b1, b2, c2)
+            u = amsgrad_direction(mu, nu_max, eps, eps_root, c1)
+            return [(p + u * minus_lr).astype(p.dtype), mu, nu, nu_max]
+
+        moments = (amsgrad_state.mu, amsgrad_state.nu, amsgrad_state.nu_max)
+        done = native_step(kernel, xla, grads, params, *moments)
+        if done is None:
+            return None
+        new_params, mu, nu, nu_max = done
+        new_amsgrad = ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
+        return new_params, (new_amsgrad, lr_state)
+
+    return one_pass

@@ -78,12 +78,13 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransfo
     clipping joins that pass.
 
     Args:
-      max_norm: c, the largest global norm the updates keep, >= 0.
+      max_norm: c, the largest global norm the updates keep, >= 0 (``inf``: no clipping, as in
+        optax).
 
     Returns:
       An ``optax.GradientTransformation`` with state ``optax.EmptyState``.
     """
-    _checks.non_negative("max_norm", max_norm)
+    _checks.non_negative_or_inf("max_norm", max_norm)
 
     def update_fn(
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None

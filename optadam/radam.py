@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _quantize
-from optadam._leafwise import map_leaves, safe_increment
+from optadam._leafwise import Kernel, map_leaves, native_step, safe_increment, with_one_pass
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.adam import (
     ScaleByAdamState,
@@ -30,6 +30,56 @@ from optadam.adam import (
     adam_mu_hat,
     init_adam_state,
 )
+
+
+def radam_rectification(b2: Any, threshold: Any, t: jax.Array, c2: Any) -> tuple[Any, Any]:
+    """ρ_t and r_t: they depend on the step count only, so they are computed once per step
+    (``c2``: 1 − β2^t)."""
+    rho_inf = 2 / (1 - b2) - 1  # ρ_∞ = 2 / (1 − β2) − 1
+    rho = rho_inf - 2 * t * b2**t / c2  # ρ_t = ρ_∞ − 2 t β2^t / (1 − β2^t)
+    r_squared = (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+    # r is unused before the threshold, where r² may be negative; 1 keeps r and its gradient
+    # finite there, so meta-gradients through early steps are not NaN.
+    r = jnp.sqrt(jnp.where(rho >= threshold, r_squared, 1.0))
+    return rho, r
+
+
+def radam_direction(
+    g: Any,
+    mu: Any,
+    nu: Any,
+    b1: Any,
+    eps: Any,
+    eps_root: Any,
+    c1: Any,
+    c2: Any,
+    c1_next: Any,
+    nesterov: bool,
+    rho: Any,
+    threshold: Any,
+    r: Any,
+) -> Any:
+    """RAdam's step direction from the new moments: r_t times Adam's once ρ_t reaches the
+    threshold, the bias-corrected momentum m̂_t before.
+
+    The comparison is made here, not passed in: the kernels' derivative rule closes over this
+    function, and ``jax.closure_convert`` lifts only floating-point values (ρ_t) out of a closure,
+    so a captured bool would leak from a ``scan``. XLA merges the comparisons of all leaves into
+    one."""
+    mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)  # m̂_t
+    nu_hat = nu / c2  # v̂_t = v_t / (1 − β2^t)
+    # u_t = r_t · m̂_t / (sqrt(v̂_t + ε_root) + ε) once ρ_t >= threshold, else m̂_t
+    return jnp.where(rho >= threshold, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
+
+
+def radam_scalars(
+    b1: Any, b2: Any, eps: Any, eps_root: Any, t: jax.Array, rho: Any, threshold: Any, r: Any
+) -> tuple[Any, ...]:
+    """Step ``t``'s runtime scalars of the native RAdam kernel, in its C++ struct's order: whether
+    to rectify as a 0/1 flag, and r_t, so crossing the threshold changes no trace."""
+    c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
+    rectify = (rho >= threshold).astype(jnp.result_type(r))
+    return (b1, 1 - b1, b2, 1 - b2, eps, eps_root, c1, c2, c1_next, rectify, r)
 
 
 def scale_by_radam(
@@ -75,27 +125,23 @@ def scale_by_radam(
         del params
         t = safe_increment(state.count)
         c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
-        rho_inf = 2 / (1 - b2) - 1
-        rho = rho_inf - 2 * t * b2**t / c2
-        rectify = rho >= threshold
-        r_squared = (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
-        # r is unused before the threshold, where r² may be negative; 1 keeps r and its gradient
-        # finite there, so meta-gradients through early steps are not NaN.
-        r = jnp.sqrt(jnp.where(rectify, r_squared, 1.0))
+        rho, r = radam_rectification(b2, threshold, t, c2)
 
         def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
             return adam_moments(g, mu, nu, b1, b2)
 
         def direction(g: Any, mu: Any, nu: Any) -> Any:
-            mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)
-            nu_hat = nu / c2
-            return jnp.where(rectify, r * mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), mu_hat)
+            return radam_direction(
+                g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rho, threshold, r
+            )
 
         # seeds bfloat16 stochastic rounding, and the 8-bit second moment's (always stochastic)
         seeded = stochastic_rounding or state_bits is not None
         rounding = _quantize.rounding_seed(t, "radam") if seeded else None
+        scalars = radam_scalars(b1, b2, eps, eps_root, t, rho, threshold, r)
+        native = Kernel("radam", scalars, (("nesterov", nesterov),))
         updates, mu, nu = map_leaves(
-            moments, direction, updates, state.mu, state.nu, rounding_seed=rounding
+            moments, direction, updates, state.mu, state.nu, rounding_seed=rounding, kernel=native
         )
         return updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
 
@@ -137,7 +183,7 @@ def radam(
       Array([0.9, 2.2], dtype=float32)
     """
     _checks.scalar_or_schedule("learning_rate", learning_rate)
-    return optax.chain(
+    tx = optax.chain(
         scale_by_radam(
             b1,
             b2,
@@ -153,3 +199,52 @@ def radam(
         ),
         scale_by_learning_rate(learning_rate),
     )
+    one_pass = _radam_one_pass(b1, b2, eps, eps_root, threshold, nesterov, learning_rate)
+    return with_one_pass(tx, one_pass)
+
+
+def _radam_one_pass(
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    threshold: Any,
+    nesterov: bool,
+    learning_rate: optax.ScalarOrSchedule,
+) -> Any:
+    """``optadam.step``'s one pass for ``chain(scale_by_radam, scale_by_learning_rate)``: the
+    native step kernel with the chain's scalars, each state advanced as its transformation
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
+    bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+
+    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+        if not isinstance(state, tuple) or len(state) != 2:
+            return None
+        radam_state, lr_state = state
+        if not isinstance(radam_state, ScaleByAdamState):
+            return None
+        t = safe_increment(radam_state.count)
+        c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
+        rho, r = radam_rectification(b2, threshold, t, c2)
+        if callable(learning_rate):
+            minus_lr = -learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
+        else:
+            minus_lr = -learning_rate
+        scalars = radam_scalars(b1, b2, eps, eps_root, t, rho, threshold, r)
+        kernel = Kernel("radam", (*scalars, minus_lr), (("nesterov", nesterov),))
+
+        def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
+            mu, nu = adam_moments(g, mu, nu, b1, b2)
+            u = radam_direction(
+                g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rho, threshold, r
+            )
+            return [(p + u * minus_lr).astype(p.dtype), mu, nu]
+
+        done = native_step(kernel, xla, grads, params, radam_state.mu, radam_state.nu)
+        if done is None:
+            return None
+        new_params, mu, nu = done
+        return new_params, (ScaleByAdamState(count=t, mu=mu, nu=nu), lr_state)
+
+    return one_pass

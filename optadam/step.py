@@ -24,9 +24,12 @@ def step(
     reads the gradients and writes the params and the moments in place, with no update buffer, as
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
     operands, so schedules do not recompile). The Adam family and Momentum keep the pass after a
-    global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``. Anything else --
-    other transformations, wrappers around these, 8-bit or float16 moments, kernels off -- takes
-    ``update`` + ``apply_updates``.
+    global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``; ``adam``, ``nadam``
+    and ``adamw`` with ``state_bits=8`` and float32 params take it block by block, writing the
+    codes and scales in place. Anything else -- other transformations, wrappers around these,
+    float16 moments, kernels off -- takes ``update`` + ``apply_updates``. ``amsgrad`` and
+    ``radam`` take the one pass as well (AMSGrad's ``nu_max`` and RAdam's rectification
+    included, the latter as runtime operands).
 
     Example:
       >>> import jax.numpy as jnp, optadam

@@ -14,12 +14,8 @@ from optadam import bench
 
 def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert (
-        bench.main(
-            ["--quick", "--cases", "big_leaf,many_small", "--optimizers", "adam", "--out", str(out)]
-        )
-        == 0
-    )
+    argv = ["--quick", "--cases", "big_leaf,many_small", "--optimizers", "adam,adam_lean"]
+    assert bench.main([*argv, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["results"]
     assert {r["case"] for r in rows} == {"big_leaf", "many_small"}
@@ -29,7 +25,7 @@ def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
         adam = next(r for r in rows if r["case"] == case and r["contender"] == "optadam")
         assert adam["state_bytes_per_param"] == pytest.approx(8.0, rel=0.01)  # mu + nu in float32
         assert math.isfinite(adam["step_ms"]) and adam["step_ms"] > 0
-    lean = {r["contender"]: r for r in rows if r["case"] == "big_leaf"}
+    lean = {r["contender"]: r for r in rows if r["case"] == "big_leaf" and r["optimizer"] != "adam"}
     assert lean["optadam_8bit"]["state_bytes_per_param"] == pytest.approx(2.03, rel=0.01)
     assert lean["optadam_bf16"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
     assert lean["optadam_bf16_sr"]["state_bytes_per_param"] == pytest.approx(4.0, rel=0.01)
@@ -42,6 +38,7 @@ def test_quick_run_reports_every_contender_of_every_case(tmp_path, capsys):
     assert re.search(r"many_small adam optadam\.step: compiles in [\d.]+ s", printed)
     sr = r"big_leaf adam bfloat16 \+ stochastic rounding: [\d.]+x optadam_bf16"
     assert re.search(sr, printed)
+    assert re.search(r"big_leaf adam 8-bit optadam\.step: [\d.]+x optadam_step", printed)
 
 
 def test_every_row_is_the_median_of_its_rounds_with_the_spread_and_torch_compiles_nothing(

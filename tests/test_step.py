@@ -17,6 +17,8 @@ import numpy as np
 import optax
 import pytest
 from harness import needs_kernels
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import optadam
 
@@ -49,16 +51,14 @@ TWO_CALLS = {
     "sgd_without_momentum": lambda: optadam.sgd(0.1),
     "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1),
     "adam_float16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.float16),
-    "adam_8bit": lambda: optadam.adam(0.1, state_bits=8),
+    # 8-bit Adam, clipped or not, takes a one pass of its own: tests/test_native_8bit.py
+    "sgd_momentum_8bit": lambda: optadam.sgd(0.1, momentum=0.9, state_bits=8),
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
     "adam_optax_chain_clipped": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optadam.adam(0.1)
     ),
     "rmsprop_clipped": lambda: optadam.chain(
         optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1)
-    ),
-    "adam_8bit_clipped": lambda: optadam.chain(
-        optadam.clip_by_global_norm(1.0), optadam.adam(0.1, state_bits=8)
     ),
 }
 
@@ -137,14 +137,16 @@ def test_one_pass_step_matches_xla_path_step_by_step(name, dtype, request):
     rng = np.random.default_rng(1)
     params = random_tree(rng, dtype)
     grads = [random_tree(rng, dtype) for _ in range(STEPS)]
-    optadam.set_native_enabled(True)
-    tx_one = ONE_PASS[name]()
-    one = jax.jit(lambda p, s, g: optadam.step(tx_one, g, s, p))
-    optadam.set_native_enabled(False)
-    tx_xla = ONE_PASS[name]()
-    xla = jax.jit(lambda p, s, g: optadam.step(tx_xla, g, s, p))
-    p, s = params, tx_xla.init(params)
-    optadam.set_native_enabled(True)
+    p, s = params, ONE_PASS[name]().init(params)
+
+    def compiled(native: bool) -> Any:  # traced now, under this switch (jit traces lazily)
+        optadam.set_native_enabled(native)
+        tx = ONE_PASS[name]()
+        step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p)).lower(p, s, grads[0])
+        assert ("_step_f" in step.as_text()) == native
+        return step.compile()
+
+    one, xla = compiled(True), compiled(False)
     for g in grads:
         p_one, s_one = one(p, s, g)
         p_x, s_x = xla(p, s, g)
@@ -276,3 +278,38 @@ def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
         assert all(p["activation"] is None for p in one)
         assert_same(one, two)
         assert_same(s_one, s_two)
+
+
+@needs_kernels
+def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_device():
+    """The step kernel is element-wise: over a sharded mesh it runs on each device's shards."""
+    optadam.set_native_enabled(True)
+    # Auto axes: under jit the tracers' types then carry no sharding (Explicit-axis tracers take
+    # the XLA path, see optadam._leafwise._on_one_cpu)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
+    rng = np.random.default_rng(9)
+    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
+    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
+
+    def place(tree: dict) -> dict:
+        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+
+    for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
+        tx = make()
+        step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p))
+        sharded_params = place(params)
+        state = tx.init(sharded_params)
+        lowered = step.lower(sharded_params, state, place(grads))
+        compiled = lowered.compile().as_text()  # (the kernel's name appears once partitioned)
+        assert "_step_f32" in compiled and "all-gather" not in compiled
+        new, new_state = step(sharded_params, state, place(grads))
+        for k in specs:
+            assert new[k].sharding.is_equivalent_to(NamedSharding(mesh, specs[k]), 1 + (k == "w"))
+        for leaf, like in zip(
+            jax.tree.leaves(new_state), jax.tree.leaves(tx.init(sharded_params)), strict=True
+        ):
+            assert leaf.sharding.is_equivalent_to(like.sharding, leaf.ndim)
+        alone, alone_state = step(params, tx.init(params), grads)
+        assert_same(new, alone)
+        assert_same(new_state, alone_state)

@@ -41,7 +41,8 @@ from jax.experimental.custom_partitioning import SdyShardingRule, custom_partiti
 from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("adam.cc", "momentum.cc", "rms.cc", "adagrad.cc")
+SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc", "adagrad.cc")
+SOURCES += ("adam8.cc",)
 HEADERS = ("leaves.h",)
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
 # -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
@@ -60,6 +61,12 @@ TARGETS += ("optadam_rms_f32", "optadam_rms_f64", "optadam_rms_step_f32", "optad
 TARGETS += ("optadam_rms_momentum_step_f32", "optadam_rms_momentum_step_f64")
 TARGETS += ("optadam_adagrad_f32", "optadam_adagrad_f64")
 TARGETS += ("optadam_adagrad_step_f32", "optadam_adagrad_step_f64")
+SOURCES += ("amsgrad.cc", "radam.cc")
+TARGETS += ("optadam_amsgrad_f32", "optadam_amsgrad_f64")
+TARGETS += ("optadam_amsgrad_step_f32", "optadam_amsgrad_step_f64")
+TARGETS += ("optadam_radam_f32", "optadam_radam_f64")
+TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
+TARGETS += ("optadam_adam8_step_f32",)
 # bfloat16/float16 params or bfloat16 moments (math in float32; dtypes read from the buffers)
 TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
 
@@ -344,3 +351,32 @@ def call(
 
     flat = batchable(scalars, *(x for operands in leaves for x in operands))
     return [list(flat[leaf * results : (leaf + 1) * results]) for leaf in range(count)]
+
+
+def call_blocks(
+    name: str,
+    scalars: jax.Array,
+    leaves: list[list[jax.Array]],
+    results: int,
+    aliases: dict[int, int],
+    **attributes: Any,
+) -> list[list[jax.Array]]:
+    """:func:`call` for a kernel whose results are shaped like its operands ``aliases`` names
+    (the 8-bit kernel: codes and per-block scales), not like the leaf: one plain ``ffi_call``,
+    with no sharding rule, so only for operands on one device; under ``jax.vmap`` it runs once
+    per batch element."""
+    per_leaf = len(leaves[0])
+    io = {
+        1 + leaf * per_leaf + k: leaf * results + r
+        for leaf in range(len(leaves))
+        for k, r in aliases.items()
+    }
+    outs = {r: k for k, r in aliases.items()}
+    shapes = [
+        jax.ShapeDtypeStruct(jnp.shape(operands[outs[r]]), jnp.result_type(operands[outs[r]]))
+        for operands in leaves
+        for r in range(results)
+    ]
+    run = jax.ffi.ffi_call(name, shapes, input_output_aliases=io, vmap_method="sequential")
+    flat = run(scalars, *(x for operands in leaves for x in operands), **attributes)
+    return [list(flat[leaf * results : (leaf + 1) * results]) for leaf in range(len(leaves))]

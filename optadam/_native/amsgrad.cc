@@ -1,0 +1,138 @@
+// AMSGrad, each element in one pass: optadam/adam.py's scale_by_amsgrad (amsgrad_moments, then
+// amsgrad_direction) transcribed line for line, with the same names and order. The Python stays
+// the definition; tests/test_native_amsgrad.py holds this file to it.
+#include <cmath>
+
+#include "leaves.h"
+
+namespace optadam {
+namespace {
+
+// This step's runtime scalars, in the order amsgrad_scalars lists them.
+template <typename T>
+struct AmsgradScalars {
+  T b1, one_minus_b1, b2, one_minus_b2, eps, eps_root;
+  T c1, c2;  // bias corrections 1 − β1^t and 1 − β2^t, each 1 where it is turned off
+};
+constexpr size_t kAmsgradScalars = sizeof(AmsgradScalars<float>) / sizeof(float);
+
+// max(a, b) as jnp.maximum: NaN if either is NaN.
+template <typename T>
+inline T Maximum(T a, T b) {
+  return (a > b || std::isnan(a)) ? a : b;
+}
+
+// One element of scale_by_amsgrad's update; the three moments updated in place, u_t returned.
+template <typename T>
+inline T AmsgradElement(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_max) {
+  mu = MulAdd(s.b1, mu, s.one_minus_b1 * g);        // m_t = β1 · m_{t-1} + (1 − β1) · g_t
+  nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+  nu_max = Maximum(nu_max, nu / s.c2);              // v_max_t = max(v_max_{t-1}, v̂_t)
+  T mu_hat = mu / s.c1;                             // m̂_t = m_t / (1 − β1^t)
+  // u_t = m̂_t / (sqrt(v_max_t + ε_root) + ε)
+  return mu_hat / (std::sqrt(nu_max + s.eps_root) + s.eps);
+}
+
+// The leaves of one call, `kIns` operands and `kOuts` results each.
+template <typename T, int kIns, int kOuts>
+ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
+  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
+    return ffi::Error::InvalidArgument("optadam amsgrad kernel: operand count");
+  }
+  leaves.resize(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
+        error.failure()) {
+      return error;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
+// adam.cc: no __restrict on them), the moments in place.
+template <typename T>
+void UpdateRange(const AmsgradScalars<T>& s, const T* g, T* __restrict mu, T* __restrict nu,
+                 T* __restrict nu_max, T* u, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) u[i] = AmsgradElement(s, g[i], mu[i], nu[i], nu_max[i]);
+}
+
+// Operands: the scalars, then per leaf (g, mu, nu, nu_max); results per leaf (u, mu, nu, nu_max),
+// the moments in place. Split over XLA's thread pool (InParallel) as Adam is.
+template <typename T>
+ffi::Future Amsgrad(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kAmsgradScalars);
+  if (packed.has_error()) return Done(packed.error());
+  AmsgradScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  std::vector<Leaf<T, 4, 4>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  auto update = UpdateRange<T>;  // called, not inlined: its __restrict lets the loop vectorize
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, update](const Leaf<T, 4, 4>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 1, begin, end);  // mu
+                         Alias(b, 2, 2, begin, end);  // nu
+                         Alias(b, 3, 3, begin, end);  // nu_max
+                         update(s, b.in[0], b.out[1], b.out[2], b.out[3], b.out[0], begin, end);
+                       });
+}
+
+// optadam.step's scalars: scale_by_amsgrad's, then −η (the sign as scale_by_learning_rate
+// applies it).
+template <typename T>
+struct StepScalars {
+  AmsgradScalars<T> amsgrad;
+  T minus_lr;
+};
+constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step, as chain(scale_by_amsgrad,
+// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
+// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the moments
+// are written in place; no update buffer.
+template <typename T>
+void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
+               T* __restrict mu, T* __restrict nu, T* __restrict nu_max, size_t begin,
+               size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    T u = AmsgradElement(s.amsgrad, g[i], mu[i], nu[i], nu_max[i]);
+    theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
+  }
+}
+
+// Operands: the scalars, then per leaf (g, θ, mu, nu, nu_max); results per leaf
+// (θ, mu, nu, nu_max), all in place.
+template <typename T>
+ffi::Future AmsgradStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  StepScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  std::vector<Leaf<T, 5, 4>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  auto step = StepRange<T>;  // called, not inlined, as UpdateRange
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, step](const Leaf<T, 5, 4>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // mu
+                         Alias(b, 3, 2, begin, end);  // nu
+                         Alias(b, 4, 3, begin, end);  // nu_max
+                         step(s, b.in[0], b.out[0], b.out[1], b.out[2], b.out[3], begin, end);
+                       });
+}
+
+}  // namespace
+}  // namespace optadam
+
+#define OPTADAM_AMSGRAD_HANDLER(name, fn, T)                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<T>,                            \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
+
+OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_f32, optadam::Amsgrad, float)
+OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_f64, optadam::Amsgrad, double)
+OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_step_f32, optadam::AmsgradStep, float)
+OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_step_f64, optadam::AmsgradStep, double)

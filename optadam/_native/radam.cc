@@ -1,0 +1,145 @@
+// RAdam, each element in one pass: optadam/radam.py's scale_by_radam (adam_moments, then
+// radam_direction) transcribed line for line, with the same names and order. ρ_t, the choice
+// between the rectified adaptive step and the momentum step, and r_t depend on the step count
+// only: Python computes them once per step and passes them as runtime scalars (a 0/1 flag and
+// r_t), so a step never recompiles, and the handler picks the loop for the flag. The Python stays
+// the definition; tests/test_native_radam.py holds this file to it.
+#include <cmath>
+
+#include "leaves.h"
+
+namespace optadam {
+namespace {
+
+// This step's runtime scalars, in the order radam_scalars lists them.
+template <typename T>
+struct RadamScalars {
+  T b1, one_minus_b1, b2, one_minus_b2, eps, eps_root;
+  T c1, c2, c1_next;  // bias corrections 1 − β1^t, 1 − β2^t, 1 − β1^(t+1)
+  T rectify;          // 1 when ρ_t >= threshold (the rectified adaptive step), else 0
+  T r;                // r_t, the rectification factor (1 when not rectifying)
+};
+constexpr size_t kRadamScalars = sizeof(RadamScalars<float>) / sizeof(float);
+
+// One element of scale_by_radam's update; `mu` and `nu` updated in place, u_t returned.
+template <typename T, bool kNesterov, bool kRectify>
+inline T RadamElement(const RadamScalars<T>& s, T g, T& mu, T& nu) {
+  mu = MulAdd(s.b1, mu, s.one_minus_b1 * g);        // m_t = β1 · m_{t-1} + (1 − β1) · g_t
+  nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+  T mu_hat = kNesterov
+                 // NAdam: m̂_t = β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t)
+                 ? MulAdd(s.b1, mu / s.c1_next, s.one_minus_b1 * (g / s.c1))
+                 : mu / s.c1;  // m̂_t = m_t / (1 − β1^t)
+  if (!kRectify) return mu_hat;  // u_t = m̂_t before ρ_t reaches the threshold
+  T nu_hat = nu / s.c2;          // v̂_t = v_t / (1 − β2^t)
+  return s.r * mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = r_t · m̂_t / (…)
+}
+
+// The leaves of one call, `kIns` operands and `kOuts` results each.
+template <typename T, int kIns, int kOuts>
+ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
+  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
+    return ffi::Error::InvalidArgument("optadam radam kernel: operand count");
+  }
+  leaves.resize(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
+        error.failure()) {
+      return error;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
+// adam.cc: no __restrict on them), the moments in place.
+template <typename T, bool kNesterov, bool kRectify>
+void UpdateRange(const RadamScalars<T>& s, const T* g, T* __restrict mu, T* __restrict nu, T* u,
+                 size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    u[i] = RadamElement<T, kNesterov, kRectify>(s, g[i], mu[i], nu[i]);
+  }
+}
+
+// Operands: the scalars, then per leaf (g, mu, nu); results per leaf (u, mu, nu), mu and nu in
+// place. Split over XLA's thread pool (InParallel) as Adam is.
+template <typename T>
+ffi::Future Radam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+                  ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kRadamScalars);
+  if (packed.has_error()) return Done(packed.error());
+  RadamScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  std::vector<Leaf<T, 3, 3>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  const bool rectify = s.rectify != T(0);  // the step's, not each element's: one loop per call
+  auto update = nesterov ? (rectify ? UpdateRange<T, true, true> : UpdateRange<T, true, false>)
+                         : (rectify ? UpdateRange<T, false, true> : UpdateRange<T, false, false>);
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 1, begin, end);  // mu
+                         Alias(b, 2, 2, begin, end);  // nu
+                         update(s, b.in[0], b.out[1], b.out[2], b.out[0], begin, end);
+                       });
+}
+
+// optadam.step's scalars: scale_by_radam's, then −η (the sign as scale_by_learning_rate applies
+// it).
+template <typename T>
+struct StepScalars {
+  RadamScalars<T> radam;
+  T minus_lr;
+};
+constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
+
+// Elements [begin, end) of one leaf of a whole step, as chain(scale_by_radam,
+// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
+// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the moments
+// are written in place; no update buffer.
+template <typename T, bool kNesterov, bool kRectify>
+void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
+               T* __restrict mu, T* __restrict nu, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) {
+    T u = RadamElement<T, kNesterov, kRectify>(s.radam, g[i], mu[i], nu[i]);
+    theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
+  }
+}
+
+// Operands: the scalars, then per leaf (g, θ, mu, nu); results per leaf (θ, mu, nu), all in place.
+template <typename T>
+ffi::Future RadamStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+                      ffi::RemainingRets rets) {
+  auto packed = GetScalars<T>(args, kStepScalars);
+  if (packed.has_error()) return Done(packed.error());
+  StepScalars<T> s;
+  std::memcpy(&s, *packed, sizeof(s));
+  std::vector<Leaf<T, 4, 3>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
+  const bool rectify = s.radam.rectify != T(0);
+  auto step = nesterov ? (rectify ? StepRange<T, true, true> : StepRange<T, true, false>)
+                       : (rectify ? StepRange<T, false, true> : StepRange<T, false, false>);
+  return InParallel<T>(pool, std::move(leaves),
+                       [s, step](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // θ
+                         Alias(b, 2, 1, begin, end);  // mu
+                         Alias(b, 3, 2, begin, end);  // nu
+                         step(s, b.in[0], b.out[0], b.out[1], b.out[2], begin, end);
+                       });
+}
+
+}  // namespace
+}  // namespace optadam
+
+#define OPTADAM_RADAM_HANDLER(name, fn, T)                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<T>,                            \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("nesterov")             \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
+
+OPTADAM_RADAM_HANDLER(optadam_radam_f32, optadam::Radam, float)
+OPTADAM_RADAM_HANDLER(optadam_radam_f64, optadam::Radam, double)
+OPTADAM_RADAM_HANDLER(optadam_radam_step_f32, optadam::RadamStep, float)
+OPTADAM_RADAM_HANDLER(optadam_radam_step_f64, optadam::RadamStep, double)

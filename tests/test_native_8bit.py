@@ -1,0 +1,357 @@
+"""8-bit Adam through ``optadam.step``: one pass of ``optadam/_native/adam8.cc`` per step gives
+the XLA path's 8-bit codes and scales exactly, and its params within Adam's bound.
+
+The XLA path is the definition: ``update`` + ``apply_updates`` with kernels off (``map_leaves``
+dequantizes, steps, and requantizes with the second moment's random bits). Each path builds its
+transformation anew: ``jax.jit`` caches traces per function, so a transformation traced on one
+path keeps it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from harness import needs_kernels
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optadam
+from optadam._quantize import MIN_QUANTIZED_SIZE, QuantizedArray, decode
+
+# Rows of 300 (a short last block), a 1-D leaf, 3-D leaves whose rows are the last axis (700) or
+# the last two merged (16 · 16), one split over the thread pool (> 65,536 elements, rows of 301),
+# and two leaves under MIN_QUANTIZED_SIZE, whose moments stay float32.
+SHAPES = {
+    "rows": (33, 300),
+    "flat": (5000,),
+    "cube": (3, 7, 700),
+    "merged": (4, 16, 16),
+    "pooled": (300, 301),
+    "small": (7, 5),
+    "bias": (100,),
+}
+STEPS = 20
+EIGHT_BIT = {
+    "adam": lambda: optadam.adam(0.01, state_bits=8),
+    "adamw": lambda: optadam.adamw(0.01, weight_decay=0.1, state_bits=8),
+    "nadam": lambda: optadam.nadam(0.01, state_bits=8),
+    "adamw_schedules": lambda: optadam.adamw(
+        optax.linear_schedule(0.01, 0.001, 10),
+        weight_decay=optax.linear_schedule(0.1, 0.0, 8),
+        state_bits=8,
+    ),
+    "adam_clipped": lambda: optadam.chain(
+        optadam.clip_by_global_norm(0.5), optadam.adam(0.01, state_bits=8)
+    ),
+    # XLA contracts these programs' moving averages into other FMAs than the ones above (β1 = ½
+    # becomes (m + g)·½ with the dequantizing product fused; with 100-element blocks the FMA
+    # takes (1 − β2)·g² instead of β2·v): m or v then differs by 1 ulp, now and then a code
+    "adam_eps_root": lambda: optadam.adam(0.01, b1=0.5, eps=0.0, eps_root=1e-8, state_bits=8),
+    "adam_block_100": lambda: optadam.adam(0.01, state_bits=8, block_size=100),
+}
+CONTRACTED_OTHERWISE = ("adam_clipped", "adam_eps_root", "adam_block_100")
+
+
+def random_tree(rng: np.random.Generator, shapes: dict = SHAPES, dtype: Any = jnp.float32) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def gradients(rng: np.random.Generator, shapes: dict = SHAPES) -> dict:
+    """Gradients whose scale differs by row (by 6 orders of magnitude), as a network's do: the
+    codes then span the map's decades."""
+    out = {}
+    for k, s in shapes.items():
+        scale = np.exp(rng.uniform(-10, 4, s[:1] + (1,) * (len(s) - 1)))
+        out[k] = jnp.asarray(rng.normal(size=s) * scale, jnp.float32)
+    return out
+
+
+def jitted_step(make: Callable[[], Any], native: bool) -> tuple[Any, Any]:
+    """A transformation and its jitted ``optadam.step``, traced with the kernels on or off
+    (``jax.jit`` traces at the first call: the switch is set again there)."""
+    optadam.set_native_enabled(native)
+    tx = make()
+    jitted = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p))
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        optadam.set_native_enabled(native)
+        return jitted(p, s, g)
+
+    return tx, step
+
+
+def traced(tx: Any, params: Any) -> str:
+    return str(
+        jax.make_jaxpr(lambda p, s, g: optadam.step(tx, g, s, p))(params, tx.init(params), params)
+    )
+
+
+def assert_states_equal(a: Any, b: Any) -> None:
+    """Codes, scales, float32 moments and counts identical (NaN where the other has NaN)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_params_within_adam_bound(new: Any, reference: Any, old: Any, steps: int = 1) -> None:
+    """Within 1 ulp of themselves plus 3 float32 ulp of the leaf's largest step (the Adam
+    kernel's bound, tests/test_step.py), per step taken apart; NaN and inf where the reference
+    has them."""
+    for a, b, o in zip(*(jax.tree.leaves(x) for x in (new, reference, old)), strict=True):
+        a, b, o = np.asarray(a), np.asarray(b), np.asarray(o)
+        finite = np.isfinite(b)
+        np.testing.assert_array_equal(a[~finite], b[~finite])
+        largest_step = np.max(np.abs(b - o)[finite], initial=0)
+        bound = np.spacing(np.abs(b[finite])) + 3 * np.spacing(np.float32(largest_step))
+        assert np.all(np.abs(a[finite] - b[finite]) <= steps * bound)
+
+
+@needs_kernels
+def test_the_8bit_state_is_what_the_kernel_reads():
+    """The layout the kernel assumes: the big leaves' moments are codes, the small ones float32."""
+    state = optadam.adam(0.01, state_bits=8).init(random_tree(np.random.default_rng(0)))[0]
+    for k, s in SHAPES.items():
+        quantized = np.prod(s) >= MIN_QUANTIZED_SIZE
+        assert isinstance(state.mu[k], QuantizedArray) == quantized
+        assert isinstance(state.nu[k], QuantizedArray) == quantized
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", EIGHT_BIT)
+def test_one_pass_8bit_step_gives_the_xla_path_codes_and_scales_every_step(name):
+    """From the same params and state each step, 20 steps: the same codes (the second moment's
+    stochastic ones included: the same random bits), scales and float32 moments, bit for bit,
+    and params within Adam's bound. Where XLA contracts the moving averages otherwise, scales
+    within 1 ulp and codes one map value apart, in under 1e-5 of the elements (measured: 1-3 in
+    4.8 million)."""
+    rng = np.random.default_rng(1)
+    params = random_tree(rng)
+    tx, one = jitted_step(EIGHT_BIT[name], native=True)
+    assert "optadam_adam8_step_f32" in traced(tx, params)
+    tx_xla, xla = jitted_step(EIGHT_BIT[name], native=False)
+    assert "adam8" not in traced(tx_xla, params)
+    p, s = params, tx.init(params)
+    differing = total = 0
+    for _ in range(STEPS):
+        g = gradients(rng)
+        p_one, s_one = one(p, s, g)
+        p_xla, s_xla = xla(p, s, g)
+        if name in CONTRACTED_OTHERWISE:
+            differing += codes_one_value_apart(s_one, s_xla)
+            total += sum(x.size for x in jax.tree.leaves(s_xla) if x.dtype == jnp.uint8)
+        else:
+            assert_states_equal(s_one, s_xla)
+        assert_params_within_adam_bound(p_one, p_xla, p)
+        p, s = p_xla, s_xla
+    assert differing <= 1e-5 * total
+
+
+def adam_state_of(state: Any) -> Any:
+    """The ``ScaleByAdamState`` in a chain's state."""
+    is_adam = lambda x: isinstance(x, optadam.ScaleByAdamState)  # noqa: E731
+    return next(x for x in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(x))
+
+
+def codes_one_value_apart(a: Any, b: Any) -> int:
+    """How many codes differ between states ``a`` and ``b``, checking that each differs by one
+    value of its map, each scale by at most 1 ulp, and everything else not at all."""
+    differing = 0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype == np.uint8:
+            differing += int(np.sum(x != y))
+            continue
+        if x.dtype == np.float32 and x.ndim:
+            assert np.all(np.abs(x.view(np.int32) - y.view(np.int32)) <= 1)
+            continue
+        np.testing.assert_array_equal(x, y)
+    for field, signed in (("mu", True), ("nu", False)):
+        order = np.argsort(np.asarray(decode(jnp.arange(256, dtype=jnp.uint8), signed)))
+        rank = np.argsort(order)  # a code's place in its map, by value
+        adam_states = (adam_state_of(t) for t in (a, b))
+        for x, y in zip(*(jax.tree.leaves(getattr(t, field)) for t in adam_states), strict=True):
+            if x.dtype == jnp.uint8:
+                assert np.all(np.abs(rank[np.asarray(x)] - rank[np.asarray(y)]) <= 1)
+    return differing
+
+
+@needs_kernels
+def test_one_kernel_call_for_the_8bit_leaves_and_one_for_the_float32_ones():
+    optadam.set_native_enabled(True)
+    tx = optadam.adam(0.01, state_bits=8)
+    params = random_tree(np.random.default_rng(2))
+    jaxpr = traced(tx, params)
+    assert jaxpr.count("ffi_call") == 2
+    assert jaxpr.count("optadam_adam8_step_f32") == 1 and jaxpr.count("optadam_adam_step_f32") == 1
+    big = {k: params[k] for k in ("rows", "flat")}
+    assert traced(tx, big).count("ffi_call") == 1
+
+
+@needs_kernels
+def test_nan_and_inf_gradients_give_the_xla_path_codes_scales_and_params():
+    rng = np.random.default_rng(3)
+    params = random_tree(rng)
+    tx, one = jitted_step(EIGHT_BIT["adamw"], native=True)
+    _, xla = jitted_step(EIGHT_BIT["adamw"], native=False)
+    p, s = params, tx.init(params)
+    for t in range(4):
+        g = gradients(rng)
+        if t == 1:  # one NaN and one inf in a block of "rows", an inf in "flat", NaN in "small"
+            g["rows"] = g["rows"].at[2, 10].set(jnp.nan).at[5, 290].set(jnp.inf)
+            g["flat"] = g["flat"].at[4095].set(-jnp.inf)
+            g["small"] = g["small"].at[0, 0].set(jnp.nan)
+        p_one, s_one = one(p, s, g)
+        p_xla, s_xla = xla(p, s, g)
+        assert_states_equal(s_one, s_xla)
+        assert_params_within_adam_bound(p_one, p_xla, p)
+        p, s = p_xla, s_xla
+    assert np.isnan(np.asarray(p["rows"])[2, 10])  # the NaN reached the params
+
+
+@needs_kernels
+@pytest.mark.parametrize("donate", [False, True], ids=["kept", "donated"])
+def test_one_pass_trajectory_equals_update_then_apply_updates(donate):
+    """Run on its own for 20 steps, the one pass follows the two-call form's trajectory: the
+    same codes and scales throughout (they do not depend on the params), params within Adam's
+    bound for each step taken."""
+    rng = np.random.default_rng(4)
+    params = random_tree(rng)
+    grads = [gradients(rng) for _ in range(STEPS)]
+    runs = []
+    for native in (True, False):
+        tx, _ = jitted_step(EIGHT_BIT["nadam"], native)
+        step = jax.jit(
+            lambda p, s, g, tx=tx: optadam.step(tx, g, s, p),
+            donate_argnums=(0, 1) if donate else (),
+        )
+        p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+        for g in grads:
+            old = p if not donate else jax.tree.map(jnp.copy, p)
+            p, s = step(p, s, g)
+        runs.append((p, s, old))
+    (p_one, s_one, _), (p_xla, s_xla, old) = runs
+    assert_states_equal(s_one, s_xla)
+    assert_params_within_adam_bound(p_one, p_xla, old, steps=STEPS)
+
+
+@needs_kernels
+def test_donated_8bit_step_updates_params_and_state_in_place():
+    """Params and state donated in the documented order: two custom calls and no array copy."""
+    optadam.set_native_enabled(True)
+    tx = optadam.adam(0.01, state_bits=8)
+    params = random_tree(np.random.default_rng(5))
+    step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
+    hlo = step.lower(params, tx.init(params), params).compile().as_text()
+    assert hlo.count("custom-call(") == 2
+    assert not re.search(r"= \w+\[\d[\d,]*\]\S* copy\(", hlo), hlo
+
+
+@needs_kernels
+def test_gradient_through_a_traced_8bit_step_takes_the_xla_math():
+    rng = np.random.default_rng(6)
+    params = random_tree(rng, {"w": (64, 80), "b": (10,)})
+    grads = gradients(rng, {"w": (64, 80), "b": (10,)})
+
+    def derivative(native: bool) -> Any:
+        tx, _ = jitted_step(EIGHT_BIT["adam"], native)
+        state = tx.init(params)
+
+        def loss(p: Any) -> Any:
+            new, _ = jax.jit(lambda p: optadam.step(tx, grads, state, p))(p)
+            return sum(jnp.sum(x**2) for x in jax.tree.leaves(new))
+
+        return jax.grad(loss)(params)
+
+    for a, b in zip(*(jax.tree.leaves(derivative(n)) for n in (True, False)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+@needs_kernels
+def test_vmap_of_a_traced_8bit_step_runs_it_per_element():
+    rng = np.random.default_rng(7)
+    shapes = {"w": (64, 80)}
+    params = random_tree(rng, shapes)
+    grads = jax.tree.map(lambda *x: jnp.stack(x), *(gradients(rng, shapes) for _ in range(3)))
+    outs = []
+    for native in (True, False):
+        tx, _ = jitted_step(EIGHT_BIT["adam"], native)
+        state = tx.init(params)
+        step = jax.jit(lambda g, tx=tx, state=state: optadam.step(tx, g, state, params))
+        outs.append(jax.vmap(step)(grads))
+    assert_states_equal(outs[0][1], outs[1][1])
+    assert_params_within_adam_bound(outs[0][0], outs[1][0], jax.tree.map(lambda x: x[None], params))
+
+
+FALLBACKS = {
+    "kernels_off": (lambda: optadam.adam(0.01, state_bits=8), jnp.float32, False),
+    "bfloat16_params": (lambda: optadam.adam(0.01, state_bits=8), jnp.bfloat16, True),
+    "masked_decay": (
+        lambda: optadam.adamw(0.01, state_bits=8, mask=lambda p: {k: k != "flat" for k in p}),
+        jnp.float32,
+        True,
+    ),
+    "amsgrad": (lambda: optadam.amsgrad(0.01, state_bits=8), jnp.float32, True),
+    "wrapped": (
+        lambda: optax.chain(optax.clip(1.0), optadam.adam(0.01, state_bits=8)),
+        jnp.float32,
+        True,
+    ),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FALLBACKS)
+def test_what_the_8bit_kernel_does_not_cover_takes_update_then_apply_updates(name):
+    """No 8-bit kernel in the step, and the step's numbers are the two-call form's (traced with
+    the same switch)."""
+    make, dtype, native = FALLBACKS[name]
+    shapes = {"rows": (33, 300), "flat": (5000,), "small": (7, 5)}
+    rng = np.random.default_rng(8)
+    params = random_tree(rng, shapes, dtype)
+    tx, one = jitted_step(make, native)
+    assert "adam8" not in traced(tx, params)
+    optadam.set_native_enabled(native)
+    tx_two = make()
+    two = jax.jit(lambda p, s, g: optax.apply_updates(p, tx_two.update(g, s, p)[0]))
+    s = tx.init(params)
+    g = jax.tree.map(lambda x: x.astype(dtype), gradients(rng, shapes))
+    stepped = one(params, s, g)[0]
+    optadam.set_native_enabled(native)
+    both = (jax.tree.leaves(stepped), jax.tree.leaves(two(params, s, g)))
+    for a, b in zip(*both, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@needs_kernels
+def test_float64_params_take_the_xla_path(x64):
+    optadam.set_native_enabled(True)
+    tx = optadam.adam(0.01, state_bits=8)
+    params = random_tree(np.random.default_rng(9), {"w": (64, 80)}, jnp.float64)
+    assert "adam8" not in traced(tx, params)
+
+
+@needs_kernels
+def test_params_on_a_mesh_take_the_xla_path_and_keep_their_sharding():
+    """The 8-bit call has no sharding rule: a jit over params placed on several devices takes the
+    XLA path (no all-gather, the state stays sharded like the params)."""
+    optadam.set_native_enabled(True)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    sharding = NamedSharding(mesh, P("data"))
+    params = {"w": jax.device_put(jnp.ones((64, 512), jnp.float32), sharding)}
+    tx = optadam.adam(0.01, state_bits=8)
+    state = jax.jit(tx.init)(params)
+    step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p))
+    assert "adam8" not in traced(tx, params)
+    hlo = step.lower(params, state, params).compile().as_text()
+    assert "all-gather" not in hlo
+    new_params, new_state = step(params, state, params)
+    assert new_params["w"].sharding.is_equivalent_to(sharding, 2)
+    assert new_state[0].mu["w"].codes.sharding.is_equivalent_to(sharding, 2)

@@ -1,0 +1,443 @@
+"""The native AMSGrad kernel (optadam/_native/amsgrad.cc): its update and ``optadam.step``'s one
+pass against the XLA path, which stays the definition, for every option of scale_by_amsgrad, and
+the ways of falling back to that path.
+
+Each comparison builds the transformation anew for each path: ``jax.jit`` caches traces per
+function, so a transformation traced on one path keeps it.
+
+Exactness: m and v are bitwise. The kernel divides as the Python is written; XLA rewrites a
+division by one of the step's scalars as a multiplication by its reciprocal where the scalar has
+one use -- a one-leaf tree: v̂ = v · (1/c2) -- and turns ``/ (sqrt(x) + 0)`` into ``· rsqrt(x)``.
+So ``nu_max`` is bitwise in a tree of several leaves and within 1 ulp (element-wise) in a one-leaf
+tree, and the update within a few ulp of the leaf's largest update (BUILD_NOTES.md, "Native
+kernels", AMSGrad).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from harness import needs_kernels
+from jax import lax
+
+import optadam
+
+# odd sizes, and a leaf over 2^16 elements so the call is split over the thread pool
+SHAPES = {"s": (), "one": (1,), "three": (3,), "odd": (1023,), "w": (33, 5), "big": (257, 263)}
+STEPS = 12
+OPTIONS = {
+    "default": {},
+    "eps_root": {"b1": 0.5, "b2": 0.9, "eps": 0.0, "eps_root": 1e-6},
+    "no_bias_correction": {"bias_correction_mu": False, "bias_correction_nu": False},
+    "mu_correction_only": {"bias_correction_nu": False},
+    "nu_correction_only": {"bias_correction_mu": False, "eps": 1e-3},
+}
+LEARNING_RATES = {"constant": 0.01, "schedule": optax.linear_schedule(0.02, 0.001, 6)}
+# the update's distance from the XLA path, in float32 ulp of each leaf's largest update, as
+# measured: bitwise where m̂ = m (no division to rewrite), 3 where XLA folds m / c1 into the
+# denominator, 4 where it also turns the root (ε = 0) into rsqrt; 5 in a one-leaf tree
+ULPS = {
+    "default": 3,
+    "eps_root": 4,
+    "no_bias_correction": 0,
+    "mu_correction_only": 3,
+    "nu_correction_only": 0,
+}
+ONE_LEAF_ULPS = 5
+
+
+def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
+    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def gradient_stream(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> list:
+    """``STEPS`` gradient trees, each scaled at random (0.2-3x) so that v̂ falls below its
+    running maximum on some steps and ``nu_max`` holds an older value."""
+    return [
+        jax.tree.map(lambda g: g * rng.uniform(0.2, 3.0), random_tree(rng, dtype, shapes))
+        for _ in range(STEPS)
+    ]
+
+
+def assert_same(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_close(a: Any, b: Any, ulps: int) -> None:
+    """float32: within ``ulps`` ulp of each leaf's largest magnitude; float64: 1e-14 relative to
+    it. NaN and inf where ``b`` has them."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        finite = np.isfinite(y)
+        np.testing.assert_array_equal(x[~finite], y[~finite])
+        scale = np.max(np.abs(y[finite]), initial=0)
+        atol = ulps * np.spacing(np.float32(scale)) if y.dtype == np.float32 else 1e-14 * scale
+        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+
+
+def within_one_ulp(a: Any, b: Any) -> None:
+    """Element-wise: each of ``a`` equal to ``b`` or its neighbour."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+        big = np.maximum(np.abs(x), np.abs(y))
+        assert np.all((x == y) | (np.abs(x - y) <= np.spacing(big))), "nu_max over 1 ulp off"
+
+
+def trajectory(
+    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list
+) -> tuple[list, Any, str]:
+    """The params after each jitted step, the final state, and the step's jaxpr."""
+    optadam.set_native_enabled(native)
+    tx = make()
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        if via_step:
+            return optadam.step(tx, g, s, p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p, s = params, tx.init(params)
+    traced = str(jax.make_jaxpr(step)(p, s, grads[0]))
+    jitted = jax.jit(step)
+    trail = []
+    for g in grads:
+        p, s = jitted(p, s, g)
+        trail.append(jax.tree.map(np.asarray, p))
+    return trail, s, traced
+
+
+def lockstep(
+    make: Callable[[], Any], via_step: bool, params: Any, grads: list
+) -> tuple[list[tuple[Any, Any]], str, str]:
+    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
+    ``(output, state)`` (native, XLA), where output is the update or (``via_step``) the new
+    params; and both jaxprs. Each path is compiled under its own setting of the switch."""
+
+    def compiled(native: bool) -> tuple[Any, Any, str]:
+        optadam.set_native_enabled(native)
+        tx = make()
+
+        def step(p: Any, s: Any, g: Any) -> Any:
+            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
+
+        s = tx.init(params)
+        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
+
+    s, native, traced = compiled(True)
+    _, xla, traced_xla = compiled(False)
+    p, pairs = params, []
+    for g in grads:
+        out_native, s_native = native(p, s, g)
+        out_xla, s_xla = xla(p, s, g)
+        pairs.append(((out_native, s_native), (out_xla, s_xla)))
+        s = s_xla
+        if via_step:
+            p = out_xla
+    return pairs, traced, traced_xla
+
+
+def moments(state: Any) -> optadam.ScaleByAmsgradState:
+    return state[0]  # amsgrad is chain(scale_by_amsgrad, scale_by_learning_rate)
+
+
+def held_somewhere(state: optadam.ScaleByAmsgradState, options: dict) -> bool:
+    """Whether ``nu_max`` holds, somewhere, more than this step's v̂ (float64 reference)."""
+    t = int(state.count)
+    c2 = 1 - options.get("b2", 0.999) ** t if options.get("bias_correction_nu", True) else 1.0
+    for nu, nu_max in zip(jax.tree.leaves(state.nu), jax.tree.leaves(state.nu_max), strict=True):
+        if np.any(np.asarray(nu_max, np.float64) > np.asarray(nu, np.float64) / c2 * (1 + 1e-4)):
+            return True
+    return False
+
+
+@needs_kernels
+@pytest.mark.parametrize("lr", LEARNING_RATES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_kernel_update_matches_xla_path(name, dtype, lr, request):
+    """tx.update with the kernel (OPTADAM_NATIVE=1's switch) against the XLA path, step after
+    step from the same state: the three moments bitwise, the update within ``ULPS[name]``."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(0)
+    params = random_tree(rng, dtype)
+    grads = gradient_stream(rng, dtype)
+
+    def make():
+        return optadam.amsgrad(LEARNING_RATES[lr], **OPTIONS[name])
+
+    pairs, traced, traced_xla = lockstep(make, False, params, grads)
+    assert traced.count("optadam_amsgrad_f") == 1 and "optadam_amsgrad" not in traced_xla
+    for (u, s), (u_xla, s_xla) in pairs:
+        assert_same(moments(s), moments(s_xla))
+        assert_close(u, u_xla, ULPS[name])
+    assert held_somewhere(moments(pairs[-1][1][1]), OPTIONS[name])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_leaf_tree_keeps_nu_max_within_one_ulp(dtype, request):
+    """In a one-leaf tree XLA computes v̂ as v · (1/c2), the kernel as v / c2 (as written): the
+    running maximum may then differ by 1 ulp, and never grows apart over the steps."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(1)
+    shapes = {"w": (70001,)}
+    params = random_tree(rng, dtype, shapes)
+    grads = gradient_stream(rng, dtype, shapes)
+    optadam.set_native_enabled(True)
+    tx = optadam.amsgrad(0.01)
+    s_native = s_xla = tx.init(params)
+    native = jax.jit(tx.update).lower(grads[0], s_native)  # traced now, with the kernels on
+    assert "optadam_" in native.as_text()
+    native = native.compile()
+    optadam.set_native_enabled(False)
+    xla = jax.jit(optadam.amsgrad(0.01).update)
+    for g in grads:  # each path on its own: nothing is reset to the XLA path's state
+        u, s_native = native(g, s_native)
+        u_xla, s_xla = xla(g, s_xla)
+        assert_same(moments(s_native)[:3], moments(s_xla)[:3])  # count, mu, nu
+        within_one_ulp(moments(s_native).nu_max, moments(s_xla).nu_max)
+        assert_close(u, u_xla, ONE_LEAF_ULPS)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(name, dtype, request):
+    """optadam.step's one pass fuses θ + (−η)·u as XLA fuses apply_updates after the kernel's
+    update: the same bits, every step, params and state alike."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(2)
+    params = random_tree(rng, dtype)
+    grads = gradient_stream(rng, dtype)
+    for lr in LEARNING_RATES.values():
+
+        def make(lr=lr):
+            return optadam.amsgrad(lr, **OPTIONS[name])
+
+        one, s_one, traced = trajectory(make, True, True, params, grads)
+        two, s_two, traced_two = trajectory(make, True, False, params, grads)
+        assert "optadam_amsgrad_step" in traced and "optadam_amsgrad_step" not in traced_two
+        assert traced.count("ffi_call") == 1  # one call for all leaves, no XLA loop
+        assert_same(one, two)
+        assert_same(s_one, s_two)
+        assert jax.tree.structure(s_one) == jax.tree.structure(s_two)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_one_pass_step_matches_xla_path(name, dtype, request):
+    """The one-pass step against kernels off, step after step from the same params and state:
+    moments bitwise; params within 1 ulp of themselves plus ``ULPS[name]`` of the step they
+    took."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    rng = np.random.default_rng(3)
+    params = random_tree(rng, dtype)
+    grads = gradient_stream(rng, dtype)
+
+    def make():
+        return optadam.amsgrad(LEARNING_RATES["schedule"], **OPTIONS[name])
+
+    pairs, traced, traced_xla = lockstep(make, True, params, grads)
+    assert "optadam_amsgrad_step" in traced and "optadam_amsgrad" not in traced_xla
+    before = params
+    for (p, s), (p_xla, s_xla) in pairs:
+        assert_same(moments(s), moments(s_xla))
+        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
+            x, y, y0 = np.asarray(x), np.asarray(y), np.asarray(y0)
+            top, moved = np.max(np.abs(y)), np.max(np.abs(y - y0))
+            if dtype == "float32":
+                atol = np.spacing(np.float32(top)) + ULPS[name] * np.spacing(np.float32(moved))
+            else:
+                atol = 1e-14 * (top + moved)
+            np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+        before = p_xla
+
+
+@needs_kernels
+def test_injected_hyperparameters_are_operands_and_match_xla_path():
+    """scale_by_amsgrad under inject_hyperparams: changing β1 and η between steps reuses the
+    trace (they reach the kernel as operands), with the XLA path's numbers."""
+    rng = np.random.default_rng(4)
+    params = random_tree(rng, jnp.float32)
+    grads = gradient_stream(rng, jnp.float32)
+    outs = {}
+    for native in (True, False):
+        optadam.set_native_enabled(native)
+        tx = optadam.inject_hyperparams(optadam.amsgrad)(0.1, b1=0.9)
+        state, traces = tx.init(params), []
+        update = jax.jit(lambda g, s, tx=tx, traces=traces: (traces.append(1), tx.update(g, s))[1])
+        assert ("optadam_amsgrad_f32" in str(jax.make_jaxpr(tx.update)(params, state))) == native
+        us = []
+        for i, g in enumerate(grads):
+            state.hyperparams["b1"] = jnp.asarray(0.9 - 0.03 * i, jnp.float32)
+            state.hyperparams["learning_rate"] = jnp.asarray(0.1 / (1 + i), jnp.float32)
+            u, state = update(g, state)
+            us.append(u)
+        assert len(traces) == 1
+        outs[native] = (us, state.inner_state)
+    assert_same(outs[True][1], outs[False][1])
+    assert_close(outs[True][0], outs[False][0], ULPS["default"])
+
+
+def special_tree() -> tuple[dict, dict]:
+    rng = np.random.default_rng(5)
+    params = random_tree(rng, jnp.float32, {"w": (9,), "b": (70000,)})
+    g = dict(params)
+    g["w"] = g["w"].at[0].set(jnp.nan).at[1].set(jnp.inf).at[2].set(-jnp.inf)
+    return params, g
+
+
+@needs_kernels
+def test_nan_inf_and_zero_size_leaves_give_xla_path_results():
+    """NaN and ±inf gradients propagate into m, v, v_max (jnp.maximum keeps a NaN) and the update
+    as on the XLA path; a zero-size leaf stays on the XLA path, the others take the kernel."""
+    params, g = special_tree()
+    params["empty"], g["empty"] = jnp.zeros((0, 3)), jnp.zeros((0, 3))
+    grads = [g, jax.tree.map(lambda x: 0.5 * x, params), g]
+    pairs, traced, _ = lockstep(lambda: optadam.amsgrad(0.1), False, params, grads)
+    assert "optadam_amsgrad_f32" in traced
+    for (u, s), (u_xla, s_xla) in pairs:
+        assert_same(moments(s), moments(s_xla))
+        assert_close(u, u_xla, ULPS["default"])
+    assert np.isnan(np.asarray(moments(pairs[-1][1][1]).nu_max["w"][0]))
+
+
+@needs_kernels
+def test_one_pass_step_with_nan_inf_and_zero_size_leaves_matches_update_then_apply_updates():
+    params, g = special_tree()
+    params["empty"], g["empty"] = jnp.zeros((0, 3)), jnp.zeros((0, 3))
+    grads = [g, jax.tree.map(lambda x: 0.5 * x, params), g]
+    one, s_one, traced = trajectory(lambda: optadam.amsgrad(0.1), True, True, params, grads)
+    two, s_two, _ = trajectory(lambda: optadam.amsgrad(0.1), True, False, params, grads)
+    assert "optadam_amsgrad_step" in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+FALLBACKS = {
+    "bfloat16_nu": lambda: optadam.amsgrad(0.01, nu_dtype=jnp.bfloat16),
+    "bfloat16_mu_stochastic": lambda: optadam.amsgrad(
+        0.01, mu_dtype=jnp.bfloat16, stochastic_rounding=True
+    ),
+    "8bit": lambda: optadam.amsgrad(0.01, state_bits=8, block_size=64),
+    "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.amsgrad(0.01)),
+    "injected": lambda: optadam.inject_hyperparams(optadam.amsgrad)(0.01),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", FALLBACKS)
+def test_lean_state_and_wrappers_step_takes_update_then_apply_updates(name):
+    """What the one pass does not cover takes update + apply_updates (the same numbers); lean
+    state stays on the XLA path for update too."""
+    rng = np.random.default_rng(6)
+    params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}
+    grads = gradient_stream(rng, jnp.float32, {"w": (80, 80)})[:3]
+    one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
+    two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
+    assert "optadam_amsgrad_step" not in traced
+    assert ("optadam_amsgrad_f32" in traced) == (name in ("wrapped", "injected"))
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+def test_kernels_off_step_is_update_then_apply_updates():
+    rng = np.random.default_rng(7)
+    params = random_tree(rng, jnp.float32)
+    grads = gradient_stream(rng, jnp.float32)[:3]
+
+    def make():
+        return optadam.amsgrad(0.01)
+
+    one, s_one, traced = trajectory(make, False, True, params, grads)
+    two, s_two, _ = trajectory(make, False, False, params, grads)
+    assert "optadam_amsgrad" not in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+def meta(native: bool, via_step: bool) -> tuple[Any, Any]:
+    """d(loss after 6 steps)/d(lr, b1), and a vmap over the learning rate,
+    both through a scan, by ``optadam.step`` or ``update`` + ``apply_updates``. η and β1 ride in
+    the carry, so the scan's body traces the kernel with them as operands; differentiating the
+    scan then takes the XLA math as the kernel's derivative rule."""
+    optadam.set_native_enabled(native)
+    rng = np.random.default_rng(8)
+    params = random_tree(rng, jnp.float32, {"w": (6,), "b": (3,)})
+    target = random_tree(rng, jnp.float32, {"w": (6,), "b": (3,)})
+
+    def loss(p: Any) -> jax.Array:
+        return sum(jnp.sum((p[k] - target[k]) ** 2) for k in p)
+
+    def train(lr: jax.Array, b1: jax.Array) -> jax.Array:
+        def body(carry: Any, _: Any) -> Any:
+            p, s, lr, b1 = carry
+            tx, g = optadam.amsgrad(lr, b1=b1), jax.grad(loss)(p)
+            if via_step:
+                p, s = optadam.step(tx, g, s, p)
+            else:
+                u, s = tx.update(g, s, p)
+                p = optax.apply_updates(p, u)
+            return (p, s, lr, b1), None
+
+        start = (params, optadam.amsgrad(0.1).init(params), lr, b1)
+        (p, *_), _ = lax.scan(body, start, None, length=6)
+        return loss(p)
+
+    lrs = jnp.asarray([0.05, 0.1, 0.2])
+    kernel = "optadam_amsgrad_step_f32" if via_step else "optadam_amsgrad_f32"
+    for traced in (
+        jax.make_jaxpr(train)(0.1, 0.9),
+        jax.make_jaxpr(jax.vmap(train, (0, None)))(lrs, 0.9),
+    ):
+        assert (kernel in str(traced)) == native
+    meta_grad = jax.jit(jax.grad(train, argnums=(0, 1)))(0.1, 0.9)
+    swept = jax.jit(jax.vmap(train, in_axes=(0, None)))(lrs, 0.9)
+    return meta_grad, swept
+
+
+@needs_kernels
+@pytest.mark.parametrize("via_step", [True, False])
+def test_meta_gradient_and_vmap_through_the_kernel_equal_the_xla_path(via_step):
+    grad_k, swept_k = meta(True, via_step)
+    grad_x, swept_x = meta(False, via_step)
+    np.testing.assert_allclose(grad_k, grad_x, rtol=1e-5)
+    np.testing.assert_allclose(swept_k, swept_x, rtol=1e-6)
+
+
+@needs_kernels
+def test_donated_step_from_init_runs_in_place_and_equals_two_calls():
+    """``tx.init``'s state can be donated as it is (``nu_max`` does not share ``nu``'s buffers),
+    and the donated one-pass step equals ``update`` + ``apply_updates``."""
+    optadam.set_native_enabled(True)
+    rng = np.random.default_rng(9)
+    params = random_tree(rng, jnp.float32)
+    grads = gradient_stream(rng, jnp.float32)[:3]
+    tx = optadam.amsgrad(0.01)
+    step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
+
+    @jax.jit
+    def two_calls(p: Any, s: Any, g: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    p_two, s_two = params, tx.init(params)
+    for g in grads:
+        p, s = step(p, s, g)
+        p_two, s_two = two_calls(p_two, s_two, g)
+    assert_same((p, s), (p_two, s_two))
