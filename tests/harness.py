@@ -18,6 +18,8 @@ import optax
 import pytest
 import reference
 
+import optadam
+
 SHAPES = [(3, 4), (5,), (), (2, 1, 3)]
 
 # Tests that need the native kernels built (tests/test_native*.py, tests/test_step.py).
@@ -125,3 +127,200 @@ def rosenbrock(x: jax.Array) -> jax.Array:
 
 def parabola(x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.arange(1, x.size + 1) * x**2) / 2
+
+
+# --- native kernels against the XLA path (tests/test_native*.py, test_step.py, test_clipping.py)
+
+
+def wide(dtype: str, request: pytest.FixtureRequest) -> None:
+    """Turn on x64 (conftest's fixture) for float64 only: with it on, Adam's bias corrections of a
+    traced count are float64, wider than float32 leaves, and the kernels (rightly) leave float32
+    leaves to XLA."""
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+
+
+def random_tree(
+    rng: np.random.Generator, dtype: Any, shapes: dict[str, tuple[int, ...]], scale: float = 1.0
+) -> dict[str, jax.Array]:
+    """A dict of standard-normal leaves (times ``scale``) of the given shapes and dtype."""
+    return {k: jnp.asarray(scale * rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def trajectory(
+    make: Callable[[], Any],
+    native: bool,
+    via_step: bool,
+    params: Any,
+    grads: list,
+    donate: bool = False,
+) -> tuple[list, Any, str]:
+    """The params after each jitted step, the final state, and the step's jaxpr.
+
+    The step is ``optadam.step`` (``via_step``) or ``tx.update`` then ``optax.apply_updates``;
+    the transformation is built by ``make`` after the kernels' switch is set to ``native``
+    (``jax.jit`` caches traces per function, so a transformation traced on one path keeps it).
+    With ``donate`` the step donates params and state (copies of the caller's, which stay
+    valid)."""
+    optadam.set_native_enabled(native)
+    tx = make()
+
+    def step(p: Any, s: Any, g: Any) -> Any:
+        if via_step:
+            return optadam.step(tx, g, s, p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    p, s = params, tx.init(params)
+    if donate:
+        p, s = jax.tree.map(jnp.copy, (p, s))  # the caller keeps its params for the other path
+    traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+    trail = []
+    for g in grads:
+        p, s = jitted(p, s, g)
+        trail.append(jax.tree.map(np.asarray, p))
+    return trail, s, traced
+
+
+def lockstep(
+    make: Callable[[], Any], via_step: bool, params: Any, grads: list
+) -> tuple[list[tuple[Any, Any]], str, str]:
+    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
+    ``(output, state)`` (native, XLA), where output is the update or (``via_step``) the new
+    params; and both jaxprs. The kernels' switch is read where a function is traced, so each path
+    is compiled under its own setting."""
+
+    def compiled(native: bool) -> tuple[Any, Any, str]:
+        optadam.set_native_enabled(native)
+        tx = make()
+
+        def step(p: Any, s: Any, g: Any) -> Any:
+            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
+
+        s = tx.init(params)
+        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
+        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
+
+    s, native, traced = compiled(True)
+    _, xla, traced_xla = compiled(False)
+    p, pairs = params, []
+    for g in grads:
+        out_native, s_native = native(p, s, g)
+        out_xla, s_xla = xla(p, s, g)
+        pairs.append(((out_native, s_native), (out_xla, s_xla)))
+        s = s_xla
+        if via_step:
+            p = out_xla
+    return pairs, traced, traced_xla
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """The same tree structure and every leaf equal (NaN where the other has NaN)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_close(a: Any, b: Any, ulps: int) -> None:
+    """Leaf by leaf: float32 within ``ulps`` ulp of ``b``'s leaf's largest magnitude, other
+    dtypes (float64) within 1e-14 relative to it; NaN and inf where ``b`` has them."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        finite = np.isfinite(y)
+        np.testing.assert_array_equal(x[~finite], y[~finite])
+        scale = np.max(np.abs(y[finite]), initial=0)
+        atol = ulps * np.spacing(np.float32(scale)) if y.dtype == np.float32 else 1e-14 * scale
+        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+
+
+def special_tree() -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Float32 params with a leaf over 2^16 elements (split over the thread pool), and a gradient
+    equal to them but for NaN, +inf and −inf in ``w``'s first three elements."""
+    rng = np.random.default_rng(5)
+    params = random_tree(rng, jnp.float32, {"w": (9,), "b": (70000,)})
+    g = dict(params)
+    g["w"] = g["w"].at[0].set(jnp.nan).at[1].set(jnp.inf).at[2].set(-jnp.inf)
+    return params, g
+
+
+def meta_gradient_and_sweep(
+    alias: Callable[..., optax.GradientTransformation],
+    kernel: str,
+    native: bool,
+    via_step: bool,
+    steps: int,
+) -> tuple[Any, Any]:
+    """d(loss after ``steps`` steps of ``alias(lr, b1=b1)``)/d(lr, b1), and a vmap over the
+    learning rate, both through a scan, by ``optadam.step`` or ``update`` + ``apply_updates``.
+
+    η and β1 ride in the carry, so the scan's body traces the kernel with them as operands;
+    differentiating the scan then takes the XLA math as the kernel's derivative rule. Asserts
+    that the traced programs hold ``kernel`` (``<kernel>_step_f32`` via the step,
+    ``<kernel>_f32`` otherwise) exactly when ``native``."""
+    optadam.set_native_enabled(native)
+    rng = np.random.default_rng(8)
+    params = random_tree(rng, jnp.float32, {"w": (6,), "b": (3,)})
+    target = random_tree(rng, jnp.float32, {"w": (6,), "b": (3,)})
+
+    def loss(p: Any) -> jax.Array:
+        return sum(jnp.sum((p[k] - target[k]) ** 2) for k in p)
+
+    def train(lr: jax.Array, b1: jax.Array) -> jax.Array:
+        def body(carry: Any, _: Any) -> Any:
+            p, s, lr, b1 = carry
+            tx, g = alias(lr, b1=b1), jax.grad(loss)(p)
+            if via_step:
+                p, s = optadam.step(tx, g, s, p)
+            else:
+                u, s = tx.update(g, s, p)
+                p = optax.apply_updates(p, u)
+            return (p, s, lr, b1), None
+
+        start = (params, alias(0.1).init(params), lr, b1)
+        (p, *_), _ = jax.lax.scan(body, start, None, length=steps)
+        return loss(p)
+
+    lrs = jnp.asarray([0.05, 0.1, 0.2])
+    traced_kernel = f"{kernel}_step_f32" if via_step else f"{kernel}_f32"
+    for traced in (
+        jax.make_jaxpr(train)(0.1, 0.9),
+        jax.make_jaxpr(jax.vmap(train, (0, None)))(lrs, 0.9),
+    ):
+        assert (traced_kernel in str(traced)) == native
+    meta_grad = jax.jit(jax.grad(train, argnums=(0, 1)))(0.1, 0.9)
+    swept = jax.jit(jax.vmap(train, in_axes=(0, None)))(lrs, 0.9)
+    return meta_grad, swept
+
+
+def assert_step_close(p: Any, p_xla: Any, before: Any, ulps: int) -> None:
+    """Params after one step from ``before``, against the XLA path's ``p_xla``, leaf by leaf:
+    non-finite values equal; finite ones within 1 ulp of the leaf's largest value plus ``ulps``
+    ulp of the largest step it took in float32, 1e-14 relative to their sum in float64."""
+    for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
+        x, y, y0 = np.asarray(x), np.asarray(y), np.asarray(y0)
+        finite = np.isfinite(y) & np.isfinite(y0)
+        np.testing.assert_array_equal(x[~finite], y[~finite])
+        top = np.max(np.abs(y[finite]), initial=0)
+        moved = np.max(np.abs(y[finite] - y0[finite]), initial=0)
+        if y.dtype == np.float32:
+            atol = np.spacing(np.float32(top)) + ulps * np.spacing(np.float32(moved))
+        else:
+            atol = 1e-14 * (top + moved)
+        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+
+
+def updates_path(make: Callable[[], Any], native: bool, params: Any, grads: list) -> tuple:
+    """Every update and the final state of jitted ``tx.update`` calls at fixed ``params``, and the
+    traced jaxpr; ``make`` builds the transformation after the kernels' switch is set to
+    ``native``."""
+    optadam.set_native_enabled(native)
+    tx = make()
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    updates = []
+    for g in grads:
+        u, state = update(g, state, params)
+        updates.append(u)
+    traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
+    return updates, state, traced

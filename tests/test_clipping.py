@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import assert_same, needs_kernels, random_tree, trajectory, wide
 
 import optadam
 
@@ -62,10 +62,6 @@ TWO_CALLS = {
 }
 
 
-def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES, scale: float = 1.0):
-    return {k: jnp.asarray(scale * rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
 def gradient_stream(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> list:
     """Gradients whose global norm (about 300 · scale here) crosses max_norm=30 back and forth,
     so one compiled step clips some steps and passes others unchanged."""
@@ -79,34 +75,6 @@ def clipped(name: str, max_norm: float = 30.0) -> Callable[[], Any]:
 
 def kernel_of(name: str) -> str:
     return STEP_KERNEL["momentum" if "momentum" in name or "sgd" in name else "adam"]
-
-
-def trajectory(make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list):
-    """The params after each jitted step (params and state donated), the final state, and the
-    step's jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-
-    def step(p: Any, s: Any, g: Any) -> Any:
-        if via_step:
-            return optadam.step(tx, g, s, p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    p, s = jax.tree.map(jnp.copy, (params, tx.init(params)))  # amsgrad shares nu and nu_max
-    traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
-    trail = []
-    for g in grads:
-        p, s = jitted(p, s, g)
-        trail.append(jax.tree.map(np.asarray, p))
-    return trail, s, traced
-
-
-def assert_same(a: Any, b: Any) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # --- the transformation: optax's numbers and state ------------------------------------------------
@@ -125,11 +93,10 @@ GRADIENTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", GRADIENTS)
 def test_clip_by_global_norm_equals_optax_bitwise(case, dtype, max_norm, request):
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     values = GRADIENTS[case]
     if values is None:
-        grads = random_tree(np.random.default_rng(0), dtype)
+        grads = random_tree(np.random.default_rng(0), dtype, SHAPES)
     else:
         grads = {k: jnp.asarray(v, dtype) for k, v in values.items()}
     ours, theirs = optadam.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
@@ -163,7 +130,7 @@ def test_chain_update_equals_optax_chain_results_and_state(name):
     """Kernels off: optadam.chain's update is optax.chain's, bit for bit, with the same state."""
     optadam.set_native_enabled(False)
     rng = np.random.default_rng(1)
-    params = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
     grads = gradient_stream(rng, jnp.float32)
     ours = optadam.chain(optadam.clip_by_global_norm(30.0), ONE_PASS[name]())
     theirs = optax.chain(optax.clip_by_global_norm(30.0), ONE_PASS[name]())
@@ -179,7 +146,7 @@ def test_chain_update_equals_optax_chain_results_and_state(name):
 def test_chain_with_optax_optimizers_equals_optax_chain():
     """optadam.chain(optadam.clip_by_global_norm(c), optax.adam(...)) is optax's chain exactly."""
     rng = np.random.default_rng(2)
-    params = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
     ours = optadam.chain(optadam.clip_by_global_norm(30.0), optax.adam(0.1))
     theirs = optax.chain(optax.clip_by_global_norm(30.0), optax.adam(0.1))
     s_ours, s_theirs = ours.init(params), theirs.init(params)
@@ -211,11 +178,11 @@ def test_clipped_one_pass_step_equals_two_calls_float32(name):
     bound per step (tests/test_step.py) for the Adam family -- on a stream that clips some steps
     only."""
     rng = np.random.default_rng(3)
-    params = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
     grads = gradient_stream(rng, jnp.float32)
-    one, s_one, traced = trajectory(clipped(name), True, True, params, grads)
-    two, s_two, traced_two = trajectory(clipped(name), True, False, params, grads)
-    xla, s_xla, traced_xla = trajectory(clipped(name), False, False, params, grads)
+    one, s_one, traced = trajectory(clipped(name), True, True, params, grads, donate=True)
+    two, s_two, traced_two = trajectory(clipped(name), True, False, params, grads, donate=True)
+    xla, s_xla, traced_xla = trajectory(clipped(name), False, False, params, grads, donate=True)
     assert kernel_of(name) in traced and traced.count("ffi_call") == 1
     assert "_step_f" not in traced_two and "optadam_" not in traced_xla
     assert_same((one, s_one), (two, s_two))
@@ -237,11 +204,11 @@ def test_clipped_one_pass_step_equals_two_calls_float32(name):
 @pytest.mark.parametrize("name", ["adamw", "sgd_nesterov"])
 def test_clipped_one_pass_step_matches_xla_path_float64(name, x64):
     rng = np.random.default_rng(4)
-    params = random_tree(rng, jnp.float64)
+    params = random_tree(rng, jnp.float64, SHAPES)
     grads = gradient_stream(rng, jnp.float64)
-    one, s_one, traced = trajectory(clipped(name), True, True, params, grads)
-    two, s_two, _ = trajectory(clipped(name), True, False, params, grads)
-    xla, s_xla, _ = trajectory(clipped(name), False, False, params, grads)
+    one, s_one, traced = trajectory(clipped(name), True, True, params, grads, donate=True)
+    two, s_two, _ = trajectory(clipped(name), True, False, params, grads, donate=True)
+    xla, s_xla, _ = trajectory(clipped(name), False, False, params, grads, donate=True)
     assert kernel_of(name) + "64" in traced
     assert_same((one, s_one), (two, s_two))
     for x, y in zip(jax.tree.leaves((one, s_one)), jax.tree.leaves((xla, s_xla)), strict=True):
@@ -260,8 +227,8 @@ def test_clipped_one_pass_with_nan_inf_and_zero_gradients_gives_the_two_call_res
         {"w": jnp.zeros(5), "b": jnp.zeros(2)},
         {"w": jnp.array([jnp.nan, 1.0, 0.0, -1.0, 0.0]), "b": jnp.array([1.0, 0.0])},
     ]
-    one, s_one, traced = trajectory(clipped(name, 1.0), True, True, params, grads)
-    two, s_two, _ = trajectory(clipped(name, 1.0), True, False, params, grads)
+    one, s_one, traced = trajectory(clipped(name, 1.0), True, True, params, grads, donate=True)
+    two, s_two, _ = trajectory(clipped(name, 1.0), True, False, params, grads, donate=True)
     assert kernel_of(name) in traced
     assert_same((one, s_one), (two, s_two))
 
@@ -273,8 +240,8 @@ def test_other_chains_take_update_then_apply_updates(name):
     shapes = {**SHAPES, "big": (64, 64)}  # 8-bit state: leaves under 4,096 elements stay float32
     params = random_tree(rng, jnp.float32, shapes)
     grads = gradient_stream(rng, jnp.float32, shapes)[:4]
-    one, s_one, traced = trajectory(TWO_CALLS[name], True, True, params, grads)
-    two, s_two, _ = trajectory(TWO_CALLS[name], True, False, params, grads)
+    one, s_one, traced = trajectory(TWO_CALLS[name], True, True, params, grads, donate=True)
+    two, s_two, _ = trajectory(TWO_CALLS[name], True, False, params, grads, donate=True)
     assert "_step_f" not in traced  # no one-pass kernel
     assert_same((one, s_one), (two, s_two))
 
@@ -282,11 +249,11 @@ def test_other_chains_take_update_then_apply_updates(name):
 @needs_kernels
 def test_a_zero_size_leaf_keeps_the_one_pass_and_kernels_off_take_the_two_calls():
     rng = np.random.default_rng(6)
-    params = {**random_tree(rng, jnp.float32), "empty": jnp.zeros((0, 3))}
+    params = {**random_tree(rng, jnp.float32, SHAPES), "empty": jnp.zeros((0, 3))}
     grads = [{**g, "empty": jnp.zeros((0, 3))} for g in gradient_stream(rng, jnp.float32)[:4]]
     for native in (True, False):
-        one, s_one, traced = trajectory(clipped("adamw"), native, True, params, grads)
-        two, s_two, _ = trajectory(clipped("adamw"), native, False, params, grads)
+        one, s_one, traced = trajectory(clipped("adamw"), native, True, params, grads, donate=True)
+        two, s_two, _ = trajectory(clipped("adamw"), native, False, params, grads, donate=True)
         assert ("_step_f" in traced) == native  # the empty leaf passes through the one pass
         assert_same((one, s_one), (two, s_two))
 
@@ -294,7 +261,7 @@ def test_a_zero_size_leaf_keeps_the_one_pass_and_kernels_off_take_the_two_calls(
 @needs_kernels
 def test_donated_clipped_step_compiles_to_one_kernel_call_and_no_copy():
     optadam.set_native_enabled(True)
-    params = random_tree(np.random.default_rng(7), jnp.float32)
+    params = random_tree(np.random.default_rng(7), jnp.float32, SHAPES)
     for name in ("adamw_schedules", "sgd_nesterov"):
         tx = clipped(name)()
         step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p), donate_argnums=(0, 1))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import needs_kernels, random_tree, updates_path
 from jax import lax
 
 import optadam
@@ -39,24 +38,6 @@ ADAM_FAMILY = {
 def kernels_available() -> bool:
     optadam.set_native_enabled(True)
     return optadam.native_status().enabled
-
-
-def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
-def run(make: Callable[[], Any], native: bool, params: Any, grads: list[Any]) -> tuple:
-    """Updates and final state of ``STEPS`` jitted updates, and whether the kernel was traced."""
-    optadam.set_native_enabled(native)
-    tx = make()
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    updates = []
-    for g in grads:
-        u, state = update(g, state, params)
-        updates.append(u)
-    traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
-    return updates, state, "optadam_adam" in traced
 
 
 def ulps(a: Any, b: Any) -> int:
@@ -90,11 +71,11 @@ def test_status_says_kernels_are_in_use_with_a_compiler():
 def test_adam_family_kernel_matches_xla_path_float32(name: str):
     assert kernels_available()
     rng = np.random.default_rng(0)
-    params = random_tree(rng, jnp.float32)
-    grads = [random_tree(rng, jnp.float32) for _ in range(STEPS)]
-    u_k, s_k, traced_k = run(ADAM_FAMILY[name], True, params, grads)
-    u_x, s_x, traced_x = run(ADAM_FAMILY[name], False, params, grads)
-    assert traced_k and not traced_x
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = [random_tree(rng, jnp.float32, SHAPES) for _ in range(STEPS)]
+    u_k, s_k, traced_k = updates_path(ADAM_FAMILY[name], True, params, grads)
+    u_x, s_x, traced_x = updates_path(ADAM_FAMILY[name], False, params, grads)
+    assert "optadam_adam" in traced_k and "optadam_adam" not in traced_x
     # moments: bitwise (the kernel fuses the multiply-adds where XLA does)
     for a, b in zip(jax.tree.leaves(s_k), jax.tree.leaves(s_x), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -112,11 +93,11 @@ def test_adam_family_kernel_matches_xla_path_float32(name: str):
 def test_adam_family_kernel_matches_xla_path_float64(name: str, x64):
     assert kernels_available()
     rng = np.random.default_rng(1)
-    params = random_tree(rng, jnp.float64)
-    grads = [random_tree(rng, jnp.float64) for _ in range(STEPS)]
-    u_k, s_k, traced_k = run(ADAM_FAMILY[name], True, params, grads)
-    u_x, s_x, _ = run(ADAM_FAMILY[name], False, params, grads)
-    assert traced_k
+    params = random_tree(rng, jnp.float64, SHAPES)
+    grads = [random_tree(rng, jnp.float64, SHAPES) for _ in range(STEPS)]
+    u_k, s_k, traced_k = updates_path(ADAM_FAMILY[name], True, params, grads)
+    u_x, s_x, _ = updates_path(ADAM_FAMILY[name], False, params, grads)
+    assert "optadam_adam" in traced_k
     for a, b in zip(jax.tree.leaves((u_k, s_k)), jax.tree.leaves((u_x, s_x)), strict=True):
         scale = float(np.max(np.abs(np.asarray(b)), initial=0))  # NAdam's sum may cancel
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14, atol=1e-14 * scale)
@@ -129,9 +110,9 @@ def test_odd_and_large_leaves_match_xla_path():
     shapes = {"a": (1,), "b": (3,), "c": (1023,), "d": (4097,), "e": (1 << 20 | 3,)}
     params = random_tree(rng, jnp.float32, shapes)
     grads = [random_tree(rng, jnp.float32, shapes) for _ in range(3)]
-    u_k, s_k, traced = run(ADAM_FAMILY["adam"], True, params, grads)
-    u_x, s_x, _ = run(ADAM_FAMILY["adam"], False, params, grads)
-    assert traced
+    u_k, s_k, traced = updates_path(ADAM_FAMILY["adam"], True, params, grads)
+    u_x, s_x, _ = updates_path(ADAM_FAMILY["adam"], False, params, grads)
+    assert "optadam_adam" in traced
     for a, b in zip(jax.tree.leaves(s_k), jax.tree.leaves(s_x), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(u_k), jax.tree.leaves(u_x), strict=True):
@@ -141,7 +122,7 @@ def test_odd_and_large_leaves_match_xla_path():
 @needs_kernels
 def test_kernel_is_one_call_for_all_leaves_of_a_dtype():
     assert kernels_available()
-    params = random_tree(np.random.default_rng(2), jnp.float32)
+    params = random_tree(np.random.default_rng(2), jnp.float32, SHAPES)
     tx = optadam.adam(0.1)
     jaxpr = str(jax.make_jaxpr(tx.update)(params, tx.init(params)))
     assert jaxpr.count("optadam_adam_f32") == 1
@@ -150,7 +131,7 @@ def test_kernel_is_one_call_for_all_leaves_of_a_dtype():
 @needs_kernels
 def test_kernel_takes_hyperparameters_as_operands_so_injected_values_do_not_retrace():
     assert kernels_available()
-    params = random_tree(np.random.default_rng(3), jnp.float32)
+    params = random_tree(np.random.default_rng(3), jnp.float32, SHAPES)
     tx = optadam.inject_hyperparams(optadam.adam)(0.1, b1=0.9)
     state = tx.init(params)
     traces = []
@@ -174,9 +155,9 @@ def _special_grads() -> tuple[dict, dict]:
 def test_nan_inf_and_zero_size_leaves_give_xla_path_results():
     assert kernels_available()
     params, g = _special_grads()
-    u_k, s_k, traced = run(lambda: optadam.adam(0.1), True, params, [g, g])
-    u_x, s_x, _ = run(lambda: optadam.adam(0.1), False, params, [g, g])
-    assert traced
+    u_k, s_k, traced = updates_path(lambda: optadam.adam(0.1), True, params, [g, g])
+    u_x, s_x, _ = updates_path(lambda: optadam.adam(0.1), False, params, [g, g])
+    assert "optadam_adam" in traced
     for a, b in zip(jax.tree.leaves((u_k, s_k)), jax.tree.leaves((u_x, s_x)), strict=True):
         close_in_ulps(a, b, 3)  # as in the float32 test; NaN and inf where the XLA path has them
 
@@ -266,8 +247,8 @@ def test_sharded_step_has_no_all_gather_and_keeps_the_sharding():
 def test_step_equals_update_then_apply_updates_with_donation():
     assert kernels_available()
     rng = np.random.default_rng(8)
-    params = random_tree(rng, jnp.float32)
-    grads = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = random_tree(rng, jnp.float32, SHAPES)
     for make in (lambda: optadam.adamw(0.1), lambda: optax.sgd(0.1, momentum=0.9)):
         tx = make()
         state = tx.init(params)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import needs_kernels, random_tree
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -57,10 +57,6 @@ EIGHT_BIT = {
     "adam_block_100": lambda: optadam.adam(0.01, state_bits=8, block_size=100),
 }
 CONTRACTED_OTHERWISE = ("adam_clipped", "adam_eps_root", "adam_block_100")
-
-
-def random_tree(rng: np.random.Generator, shapes: dict = SHAPES, dtype: Any = jnp.float32) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
 
 
 def gradients(rng: np.random.Generator, shapes: dict = SHAPES) -> dict:
@@ -117,7 +113,9 @@ def assert_params_within_adam_bound(new: Any, reference: Any, old: Any, steps: i
 @needs_kernels
 def test_the_8bit_state_is_what_the_kernel_reads():
     """The layout the kernel assumes: the big leaves' moments are codes, the small ones float32."""
-    state = optadam.adam(0.01, state_bits=8).init(random_tree(np.random.default_rng(0)))[0]
+    state = optadam.adam(0.01, state_bits=8).init(
+        random_tree(np.random.default_rng(0), jnp.float32, SHAPES)
+    )[0]
     for k, s in SHAPES.items():
         quantized = np.prod(s) >= MIN_QUANTIZED_SIZE
         assert isinstance(state.mu[k], QuantizedArray) == quantized
@@ -133,7 +131,7 @@ def test_one_pass_8bit_step_gives_the_xla_path_codes_and_scales_every_step(name)
     within 1 ulp and codes one map value apart, in under 1e-5 of the elements (measured: 1-3 in
     4.8 million)."""
     rng = np.random.default_rng(1)
-    params = random_tree(rng)
+    params = random_tree(rng, jnp.float32, SHAPES)
     tx, one = jitted_step(EIGHT_BIT[name], native=True)
     assert "optadam_adam8_step_f32" in traced(tx, params)
     tx_xla, xla = jitted_step(EIGHT_BIT[name], native=False)
@@ -187,7 +185,7 @@ def codes_one_value_apart(a: Any, b: Any) -> int:
 def test_one_kernel_call_for_the_8bit_leaves_and_one_for_the_float32_ones():
     optadam.set_native_enabled(True)
     tx = optadam.adam(0.01, state_bits=8)
-    params = random_tree(np.random.default_rng(2))
+    params = random_tree(np.random.default_rng(2), jnp.float32, SHAPES)
     jaxpr = traced(tx, params)
     assert jaxpr.count("ffi_call") == 2
     assert jaxpr.count("optadam_adam8_step_f32") == 1 and jaxpr.count("optadam_adam_step_f32") == 1
@@ -198,7 +196,7 @@ def test_one_kernel_call_for_the_8bit_leaves_and_one_for_the_float32_ones():
 @needs_kernels
 def test_nan_and_inf_gradients_give_the_xla_path_codes_scales_and_params():
     rng = np.random.default_rng(3)
-    params = random_tree(rng)
+    params = random_tree(rng, jnp.float32, SHAPES)
     tx, one = jitted_step(EIGHT_BIT["adamw"], native=True)
     _, xla = jitted_step(EIGHT_BIT["adamw"], native=False)
     p, s = params, tx.init(params)
@@ -223,7 +221,7 @@ def test_one_pass_trajectory_equals_update_then_apply_updates(donate):
     same codes and scales throughout (they do not depend on the params), params within Adam's
     bound for each step taken."""
     rng = np.random.default_rng(4)
-    params = random_tree(rng)
+    params = random_tree(rng, jnp.float32, SHAPES)
     grads = [gradients(rng) for _ in range(STEPS)]
     runs = []
     for native in (True, False):
@@ -247,7 +245,7 @@ def test_donated_8bit_step_updates_params_and_state_in_place():
     """Params and state donated in the documented order: two custom calls and no array copy."""
     optadam.set_native_enabled(True)
     tx = optadam.adam(0.01, state_bits=8)
-    params = random_tree(np.random.default_rng(5))
+    params = random_tree(np.random.default_rng(5), jnp.float32, SHAPES)
     step = jax.jit(lambda p, s, g: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
     hlo = step.lower(params, tx.init(params), params).compile().as_text()
     assert hlo.count("custom-call(") == 2
@@ -257,7 +255,7 @@ def test_donated_8bit_step_updates_params_and_state_in_place():
 @needs_kernels
 def test_gradient_through_a_traced_8bit_step_takes_the_xla_math():
     rng = np.random.default_rng(6)
-    params = random_tree(rng, {"w": (64, 80), "b": (10,)})
+    params = random_tree(rng, jnp.float32, {"w": (64, 80), "b": (10,)})
     grads = gradients(rng, {"w": (64, 80), "b": (10,)})
 
     def derivative(native: bool) -> Any:
@@ -278,7 +276,7 @@ def test_gradient_through_a_traced_8bit_step_takes_the_xla_math():
 def test_vmap_of_a_traced_8bit_step_runs_it_per_element():
     rng = np.random.default_rng(7)
     shapes = {"w": (64, 80)}
-    params = random_tree(rng, shapes)
+    params = random_tree(rng, jnp.float32, shapes)
     grads = jax.tree.map(lambda *x: jnp.stack(x), *(gradients(rng, shapes) for _ in range(3)))
     outs = []
     for native in (True, False):
@@ -315,7 +313,7 @@ def test_what_the_8bit_kernel_does_not_cover_takes_update_then_apply_updates(nam
     make, dtype, native = FALLBACKS[name]
     shapes = {"rows": (33, 300), "flat": (5000,), "small": (7, 5)}
     rng = np.random.default_rng(8)
-    params = random_tree(rng, shapes, dtype)
+    params = random_tree(rng, dtype, shapes)
     tx, one = jitted_step(make, native)
     assert "adam8" not in traced(tx, params)
     optadam.set_native_enabled(native)
@@ -334,7 +332,7 @@ def test_what_the_8bit_kernel_does_not_cover_takes_update_then_apply_updates(nam
 def test_float64_params_take_the_xla_path(x64):
     optadam.set_native_enabled(True)
     tx = optadam.adam(0.01, state_bits=8)
-    params = random_tree(np.random.default_rng(9), {"w": (64, 80)}, jnp.float64)
+    params = random_tree(np.random.default_rng(9), jnp.float64, {"w": (64, 80)})
     assert "adam8" not in traced(tx, params)
 
 

@@ -8,7 +8,6 @@ function, so a transformation traced on one path keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import assert_same, lockstep, needs_kernels, random_tree, trajectory, wide
 
 import optadam
 
@@ -40,10 +39,6 @@ LEARNING_RATES = {"constant": 0.05, "schedule": optax.linear_schedule(0.1, 0.01,
 ULPS = 4
 
 
-def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
 def zero_some(grads: list[dict]) -> list[dict]:
     """The same elements of every gradient set to 0: with s_0 = 0 their sum stays 0 (u = 0)."""
 
@@ -57,71 +52,6 @@ def problem(seed: int, dtype: str, shapes: dict = SHAPES) -> tuple[dict, list[di
     rng = np.random.default_rng(seed)
     params = random_tree(rng, dtype, shapes)
     return params, zero_some([random_tree(rng, dtype, shapes) for _ in range(STEPS)])
-
-
-def wide(dtype: str, request: pytest.FixtureRequest) -> None:
-    if dtype == "float64":
-        request.getfixturevalue("x64")
-
-
-def trajectory(
-    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list
-) -> tuple[list, Any, str]:
-    """The params after each jitted step, the final state, and the step's jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-
-    def step(p: Any, s: Any, g: Any) -> Any:
-        if via_step:
-            return optadam.step(tx, g, s, p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    p, s = params, tx.init(params)
-    traced = str(jax.make_jaxpr(step)(p, s, grads[0]))
-    jitted = jax.jit(step)
-    trail = []
-    for g in grads:
-        p, s = jitted(p, s, g)
-        trail.append(jax.tree.map(np.asarray, p))
-    return trail, s, traced
-
-
-def lockstep(
-    make: Callable[[], Any], via_step: bool, params: Any, grads: list
-) -> tuple[list[tuple[Any, Any]], str, str]:
-    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
-    ``(output, state)`` (native, XLA), output the update or (``via_step``) the new params; and
-    both jaxprs. Each path is compiled under its own setting of the switch."""
-
-    def compiled(native: bool) -> tuple[Any, Any, str]:
-        optadam.set_native_enabled(native)
-        tx = make()
-
-        def step(p: Any, s: Any, g: Any) -> Any:
-            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
-
-        s = tx.init(params)
-        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
-        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
-
-    s, native, traced = compiled(True)
-    _, xla, traced_xla = compiled(False)
-    p, pairs = params, []
-    for g in grads:
-        out_native, s_native = native(p, s, g)
-        out_xla, s_xla = xla(p, s, g)
-        pairs.append(((out_native, s_native), (out_xla, s_xla)))
-        s = s_xla
-        if via_step:
-            p = out_xla
-    return pairs, traced, traced_xla
-
-
-def assert_same(a: Any, b: Any) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def assert_close(a: Any, b: Any, dtype: str, moved: Any = None) -> None:
@@ -219,10 +149,10 @@ def test_one_pass_step_matches_xla_path(name, dtype, request):
 def test_nan_and_inf_gradients_give_the_xla_paths_values(via_step):
     """NaN and ±inf gradients: the sums and the results equal the XLA path's, NaN for NaN."""
     rng = np.random.default_rng(3)
-    params = random_tree(rng, "float32")
+    params = random_tree(rng, "float32", SHAPES)
     bad = np.asarray(rng.normal(size=1023), np.float32)
     bad[:6] = [np.nan, np.inf, -np.inf, 0.0, np.nan, np.inf]
-    grads = [{**random_tree(rng, "float32"), "odd": jnp.asarray(bad)} for _ in range(3)]
+    grads = [{**random_tree(rng, "float32", SHAPES), "odd": jnp.asarray(bad)} for _ in range(3)]
 
     def make():
         return optadam.adagrad(0.1, initial_accumulator_value=0.0, eps=0.0)
@@ -244,8 +174,8 @@ def test_nan_and_inf_gradients_give_the_xla_paths_values(via_step):
 @needs_kernels
 def test_scale_by_adagrad_alone_takes_the_kernel_and_matches_xla():
     rng = np.random.default_rng(4)
-    params = random_tree(rng, jnp.float32)
-    grads = zero_some([random_tree(rng, jnp.float32) for _ in range(STEPS)])
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = zero_some([random_tree(rng, jnp.float32, SHAPES) for _ in range(STEPS)])
     outs = {}
     for native in (True, False):
         optadam.set_native_enabled(native)

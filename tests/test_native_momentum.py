@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import assert_same, needs_kernels, random_tree, trajectory, updates_path
 
 import optadam
 
@@ -35,50 +35,6 @@ FAMILY = {
     "array_lr": lambda: optadam.sgd(jnp.asarray(0.05), momentum=0.8, nesterov=True),
 }
 KERNEL, STEP_KERNEL = "optadam_momentum_f", "optadam_momentum_step_f"
-
-
-def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
-def updates_path(make: Callable[[], Any], native: bool, params: Any, grads: list) -> tuple:
-    """Every update and the final state of jitted ``tx.update`` calls, and the traced jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    updates = []
-    for g in grads:
-        u, state = update(g, state, params)
-        updates.append(u)
-    traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
-    return updates, state, traced
-
-
-def trajectory(make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list):
-    """The params after each jitted step (donated), the final state, and the step's jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-
-    def step(p: Any, s: Any, g: Any) -> Any:
-        if via_step:
-            return optadam.step(tx, g, s, p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
-    traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
-    trail = []
-    for g in grads:
-        p, s = jitted(p, s, g)
-        trail.append(jax.tree.map(np.asarray, p))
-    return trail, s, traced
-
-
-def assert_same(a: Any, b: Any) -> None:
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def assert_close_f64(a: Any, b: Any) -> None:
@@ -107,8 +63,8 @@ def test_momentum_kernel_update_equals_xla_path_bitwise_float32(name: str):
 @pytest.mark.parametrize("name", FAMILY)
 def test_momentum_kernel_update_matches_xla_path_float64(name: str, x64):
     rng = np.random.default_rng(1)
-    params = random_tree(rng, jnp.float64)
-    grads = [random_tree(rng, jnp.float64) for _ in range(STEPS)]
+    params = random_tree(rng, jnp.float64, SHAPES)
+    grads = [random_tree(rng, jnp.float64, SHAPES) for _ in range(STEPS)]
     u_k, s_k, traced_k = updates_path(FAMILY[name], True, params, grads)
     u_x, s_x, _ = updates_path(FAMILY[name], False, params, grads)
     assert KERNEL + "64" in traced_k
@@ -122,9 +78,9 @@ def test_one_pass_step_equals_update_then_apply_updates_bitwise_float32(name: st
     rng = np.random.default_rng(2)
     params = random_tree(rng, jnp.float32, BIG)
     grads = [random_tree(rng, jnp.float32, BIG) for _ in range(STEPS)]
-    one, s_one, traced = trajectory(FAMILY[name], True, True, params, grads)
-    two, s_two, traced_two = trajectory(FAMILY[name], True, False, params, grads)
-    xla, s_xla, traced_xla = trajectory(FAMILY[name], False, False, params, grads)
+    one, s_one, traced = trajectory(FAMILY[name], True, True, params, grads, donate=True)
+    two, s_two, traced_two = trajectory(FAMILY[name], True, False, params, grads, donate=True)
+    xla, s_xla, traced_xla = trajectory(FAMILY[name], False, False, params, grads, donate=True)
     assert STEP_KERNEL in traced and traced.count("ffi_call") == 1
     assert STEP_KERNEL not in traced_two and "optadam_momentum" not in traced_xla
     for other, s_other in ((two, s_two), (xla, s_xla)):
@@ -137,10 +93,10 @@ def test_one_pass_step_equals_update_then_apply_updates_bitwise_float32(name: st
 @pytest.mark.parametrize("name", FAMILY)
 def test_one_pass_step_matches_xla_path_float64(name: str, x64):
     rng = np.random.default_rng(3)
-    params = random_tree(rng, jnp.float64)
-    grads = [random_tree(rng, jnp.float64) for _ in range(STEPS)]
-    one, s_one, traced = trajectory(FAMILY[name], True, True, params, grads)
-    xla, s_xla, _ = trajectory(FAMILY[name], False, False, params, grads)
+    params = random_tree(rng, jnp.float64, SHAPES)
+    grads = [random_tree(rng, jnp.float64, SHAPES) for _ in range(STEPS)]
+    one, s_one, traced = trajectory(FAMILY[name], True, True, params, grads, donate=True)
+    xla, s_xla, _ = trajectory(FAMILY[name], False, False, params, grads, donate=True)
     assert STEP_KERNEL + "64" in traced
     assert_close_f64((one, s_one), (xla, s_xla))
 
@@ -156,8 +112,8 @@ def test_nan_and_inf_give_the_xla_path_results():
         u_x, s_x, _ = updates_path(make, False, params, grads)
         assert KERNEL in traced
         assert_same((u_k, s_k), (u_x, s_x))
-        one, s_one, traced = trajectory(make, True, True, params, grads)
-        xla, s_xla, _ = trajectory(make, False, False, params, grads)
+        one, s_one, traced = trajectory(make, True, True, params, grads, donate=True)
+        xla, s_xla, _ = trajectory(make, False, False, params, grads, donate=True)
         assert STEP_KERNEL in traced
         assert_same((one, s_one), (xla, s_xla))
 
@@ -178,8 +134,8 @@ def test_bfloat16_and_8bit_trace_take_the_xla_path(name: str):
     shapes = {**SHAPES, "big": (64, 64)}  # 8-bit state: leaves under 4,096 elements stay float32
     params = random_tree(rng, jnp.float32, shapes)
     grads = [random_tree(rng, jnp.float32, shapes) for _ in range(4)]
-    one, s_one, traced = trajectory(LEAN[name], True, True, params, grads)
-    two, s_two, _ = trajectory(LEAN[name], False, False, params, grads)
+    one, s_one, traced = trajectory(LEAN[name], True, True, params, grads, donate=True)
+    two, s_two, _ = trajectory(LEAN[name], False, False, params, grads, donate=True)
     assert STEP_KERNEL not in traced
     assert_same((one, s_one), (two, s_two))
     _, _, traced_update = updates_path(LEAN[name], True, params, grads[:1])
@@ -191,7 +147,7 @@ def test_bfloat16_and_8bit_trace_take_the_xla_path(name: str):
 
 @needs_kernels
 def test_kernels_off_and_plain_sgd_take_the_xla_path(monkeypatch):
-    params = random_tree(np.random.default_rng(5), jnp.float32)
+    params = random_tree(np.random.default_rng(5), jnp.float32, SHAPES)
 
     def traced(make: Callable[[], Any], via_step: bool) -> str:
         tx = make()

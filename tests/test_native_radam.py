@@ -13,7 +13,6 @@ within a few ulp of the leaf's largest update (BUILD_NOTES.md, "Native kernels",
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,8 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
-from jax import lax
+from harness import (
+    assert_close,
+    assert_same,
+    assert_step_close,
+    lockstep,
+    meta_gradient_and_sweep,
+    needs_kernels,
+    random_tree,
+    special_tree,
+    trajectory,
+    wide,
+)
 
 import optadam
 
@@ -45,10 +54,6 @@ ULPS = {"default": 0, "nesterov": 0, "paper": 3, "nesterov_eps_root": 0, "never_
 ONE_LEAF_ULPS = 5
 
 
-def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
 def gradient_stream(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> list:
     return [random_tree(rng, dtype, shapes) for _ in range(STEPS)]
 
@@ -60,77 +65,6 @@ def rectified_steps(options: dict) -> list[int]:
     t = np.arange(1, STEPS + 1)
     rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
     return [int(i) for i in t[rho >= threshold]]
-
-
-def assert_same(a: Any, b: Any) -> None:
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def assert_close(a: Any, b: Any, ulps: int) -> None:
-    """float32: within ``ulps`` ulp of each leaf's largest magnitude; float64: 1e-14 relative to
-    it. NaN and inf where ``b`` has them."""
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        finite = np.isfinite(y)
-        np.testing.assert_array_equal(x[~finite], y[~finite])
-        scale = np.max(np.abs(y[finite]), initial=0)
-        atol = ulps * np.spacing(np.float32(scale)) if y.dtype == np.float32 else 1e-14 * scale
-        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
-
-
-def trajectory(
-    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list
-) -> tuple[list, Any, str]:
-    """The params after each jitted step, the final state, and the step's jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-
-    def step(p: Any, s: Any, g: Any) -> Any:
-        if via_step:
-            return optadam.step(tx, g, s, p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    p, s = params, tx.init(params)
-    traced = str(jax.make_jaxpr(step)(p, s, grads[0]))
-    jitted = jax.jit(step)
-    trail = []
-    for g in grads:
-        p, s = jitted(p, s, g)
-        trail.append(jax.tree.map(np.asarray, p))
-    return trail, s, traced
-
-
-def lockstep(
-    make: Callable[[], Any], via_step: bool, params: Any, grads: list
-) -> tuple[list[tuple[Any, Any]], str, str]:
-    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
-    ``(output, state)`` (native, XLA), where output is the update or (``via_step``) the new
-    params; and both jaxprs. Each path is compiled under its own setting of the switch."""
-
-    def compiled(native: bool) -> tuple[Any, Any, str]:
-        optadam.set_native_enabled(native)
-        tx = make()
-
-        def step(p: Any, s: Any, g: Any) -> Any:
-            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
-
-        s = tx.init(params)
-        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
-        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
-
-    s, native, traced = compiled(True)
-    _, xla, traced_xla = compiled(False)
-    p, pairs = params, []
-    for g in grads:
-        out_native, s_native = native(p, s, g)
-        out_xla, s_xla = xla(p, s, g)
-        pairs.append(((out_native, s_native), (out_xla, s_xla)))
-        s = s_xla
-        if via_step:
-            p = out_xla
-    return pairs, traced, traced_xla
 
 
 def moments(state: Any) -> optadam.ScaleByAdamState:
@@ -145,10 +79,9 @@ def test_kernel_update_matches_xla_path(name, dtype, lr, request):
     """tx.update with the kernel (OPTADAM_NATIVE=1's switch) against the XLA path, step after
     step from the same state, momentum steps and rectified ones: moments bitwise, the update
     within ``ULPS[name]``."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(0)
-    params = random_tree(rng, dtype)
+    params = random_tree(rng, dtype, SHAPES)
     grads = gradient_stream(rng, dtype)
 
     def make():
@@ -168,8 +101,7 @@ def test_kernel_update_matches_xla_path(name, dtype, lr, request):
 def test_one_leaf_tree_matches_xla_path(dtype, request):
     """In a one-leaf tree XLA rewrites more of the divisions by the step's scalars: moments still
     bitwise, the update within ``ONE_LEAF_ULPS``; each path on its own, nothing reset."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(1)
     shapes = {"w": (70001,)}
     params = random_tree(rng, dtype, shapes)
@@ -195,7 +127,7 @@ def test_crossing_the_threshold_reuses_the_trace():
     rectified ones after, trace the update and the one-pass step once each."""
     optadam.set_native_enabled(True)
     rng = np.random.default_rng(9)
-    params = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
     tx = optadam.radam(0.01)
     traces: list[str] = []
 
@@ -224,10 +156,9 @@ def test_crossing_the_threshold_reuses_the_trace():
 def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(name, dtype, request):
     """optadam.step's one pass fuses θ + (−η)·u as XLA fuses apply_updates after the kernel's
     update: the same bits, every step, params and state alike."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(2)
-    params = random_tree(rng, dtype)
+    params = random_tree(rng, dtype, SHAPES)
     grads = gradient_stream(rng, dtype)
     for lr in LEARNING_RATES.values():
 
@@ -250,10 +181,9 @@ def test_one_pass_step_matches_xla_path(name, dtype, request):
     """The one-pass step against kernels off, step after step from the same params and state:
     moments bitwise; params within 1 ulp of themselves plus ``ULPS[name]`` of the step they
     took."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(3)
-    params = random_tree(rng, dtype)
+    params = random_tree(rng, dtype, SHAPES)
     grads = gradient_stream(rng, dtype)
 
     def make():
@@ -264,14 +194,7 @@ def test_one_pass_step_matches_xla_path(name, dtype, request):
     before = params
     for (p, s), (p_xla, s_xla) in pairs:
         assert_same(moments(s), moments(s_xla))
-        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
-            x, y, y0 = np.asarray(x), np.asarray(y), np.asarray(y0)
-            top, moved = np.max(np.abs(y)), np.max(np.abs(y - y0))
-            if dtype == "float32":
-                atol = np.spacing(np.float32(top)) + ULPS[name] * np.spacing(np.float32(moved))
-            else:
-                atol = 1e-14 * (top + moved)
-            np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+        assert_step_close(p, p_xla, before, ULPS[name])
         before = p_xla
 
 
@@ -280,7 +203,7 @@ def test_injected_hyperparameters_are_operands_and_match_xla_path():
     """scale_by_radam under inject_hyperparams: changing β1 and η between steps reuses the
     trace (they reach the kernel as operands), with the XLA path's numbers."""
     rng = np.random.default_rng(4)
-    params = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
     grads = gradient_stream(rng, jnp.float32)
     outs = {}
     for native in (True, False):
@@ -305,14 +228,6 @@ def special_stream(params: dict, g: dict) -> list[dict]:
     """Eight steps, the special gradients on momentum steps (1, 3) and rectified ones (6, 8)."""
     h = jax.tree.map(lambda x: 0.5 * x, params)
     return [g, h, g, h, h, g, h, g]
-
-
-def special_tree() -> tuple[dict, dict]:
-    rng = np.random.default_rng(5)
-    params = random_tree(rng, jnp.float32, {"w": (9,), "b": (70000,)})
-    g = dict(params)
-    g["w"] = g["w"].at[0].set(jnp.nan).at[1].set(jnp.inf).at[2].set(-jnp.inf)
-    return params, g
 
 
 @needs_kernels
@@ -371,7 +286,7 @@ def test_lean_state_and_wrappers_step_takes_update_then_apply_updates(name):
 
 def test_kernels_off_step_is_update_then_apply_updates():
     rng = np.random.default_rng(7)
-    params = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
     grads = gradient_stream(rng, jnp.float32)[:3]
 
     def make():
@@ -384,50 +299,11 @@ def test_kernels_off_step_is_update_then_apply_updates():
     assert_same(s_one, s_two)
 
 
-def meta(native: bool, via_step: bool) -> tuple[Any, Any]:
-    """d(loss after 8 steps, 3 of them rectified)/d(lr, b1), and a vmap over the learning rate,
-    both through a scan, by ``optadam.step`` or ``update`` + ``apply_updates``. η and β1 ride in
-    the carry, so the scan's body traces the kernel with them as operands; differentiating the
-    scan then takes the XLA math as the kernel's derivative rule."""
-    optadam.set_native_enabled(native)
-    rng = np.random.default_rng(8)
-    params = random_tree(rng, jnp.float32, {"w": (6,), "b": (3,)})
-    target = random_tree(rng, jnp.float32, {"w": (6,), "b": (3,)})
-
-    def loss(p: Any) -> jax.Array:
-        return sum(jnp.sum((p[k] - target[k]) ** 2) for k in p)
-
-    def train(lr: jax.Array, b1: jax.Array) -> jax.Array:
-        def body(carry: Any, _: Any) -> Any:
-            p, s, lr, b1 = carry
-            tx, g = optadam.radam(lr, b1=b1), jax.grad(loss)(p)
-            if via_step:
-                p, s = optadam.step(tx, g, s, p)
-            else:
-                u, s = tx.update(g, s, p)
-                p = optax.apply_updates(p, u)
-            return (p, s, lr, b1), None
-
-        start = (params, optadam.radam(0.1).init(params), lr, b1)
-        (p, *_), _ = lax.scan(body, start, None, length=8)
-        return loss(p)
-
-    lrs = jnp.asarray([0.05, 0.1, 0.2])
-    kernel = "optadam_radam_step_f32" if via_step else "optadam_radam_f32"
-    for traced in (
-        jax.make_jaxpr(train)(0.1, 0.9),
-        jax.make_jaxpr(jax.vmap(train, (0, None)))(lrs, 0.9),
-    ):
-        assert (kernel in str(traced)) == native
-    meta_grad = jax.jit(jax.grad(train, argnums=(0, 1)))(0.1, 0.9)
-    swept = jax.jit(jax.vmap(train, in_axes=(0, None)))(lrs, 0.9)
-    return meta_grad, swept
-
-
 @needs_kernels
 @pytest.mark.parametrize("via_step", [True, False])
 def test_meta_gradient_and_vmap_through_the_kernel_equal_the_xla_path(via_step):
-    grad_k, swept_k = meta(True, via_step)
-    grad_x, swept_x = meta(False, via_step)
+    # 8 steps: 3 of them rectified
+    grad_k, swept_k = meta_gradient_and_sweep(optadam.radam, "optadam_radam", True, via_step, 8)
+    grad_x, swept_x = meta_gradient_and_sweep(optadam.radam, "optadam_radam", False, via_step, 8)
     np.testing.assert_allclose(grad_k, grad_x, rtol=1e-5)
     np.testing.assert_allclose(swept_k, swept_x, rtol=1e-6)

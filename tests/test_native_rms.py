@@ -8,7 +8,6 @@ function, so a transformation traced on one path keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,7 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import (
+    assert_close,
+    assert_same,
+    assert_step_close,
+    lockstep,
+    needs_kernels,
+    random_tree,
+    trajectory,
+    wide,
+)
 
 import optadam
 
@@ -38,89 +46,15 @@ OPTIONS = {
     "centered_decay_0": {"centered": True, "decay": 0.0, "eps": 0.0, "bias_correction": True},
 }
 LEARNING_RATES = {"constant": 0.01, "schedule": optax.linear_schedule(0.02, 0.001, 6)}
-
-
-def random_tree(rng: np.random.Generator, dtype: Any) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in SHAPES.items()}
-
-
-def trajectory(
-    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list
-) -> tuple[list, Any, str]:
-    """The params after each jitted step, the final state, and the step's jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-
-    def step(p: Any, s: Any, g: Any) -> Any:
-        if via_step:
-            return optadam.step(tx, g, s, p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    p, s = params, tx.init(params)
-    traced = str(jax.make_jaxpr(step)(p, s, grads[0]))
-    jitted = jax.jit(step)
-    trail = []
-    for g in grads:
-        p, s = jitted(p, s, g)
-        trail.append(jax.tree.map(np.asarray, p))
-    return trail, s, traced
-
-
-def assert_same(a: Any, b: Any) -> None:
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def assert_close(a: Any, b: Any, dtype: str) -> None:
-    """float32: within 3 ulp of each leaf's largest magnitude; float64: 1e-14 relative to it.
-
-    XLA:CPU's rsqrt is not 1/sqrt rounded once (up to 2 ulp from it, in float32 and float64
-    alike; the kernel's is), so with ε inside the root the direction differs by a few ulp; the
-    moments never see the direction and stay bitwise (checked separately)."""
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        finite = np.isfinite(y)
-        np.testing.assert_array_equal(x[~finite], y[~finite])  # inf where var is 0 and ε is 0
-        scale = np.max(np.abs(y[finite]), initial=0)
-        atol = 3 * np.spacing(np.float32(scale)) if dtype == "float32" else 1e-14 * scale
-        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+# the update's distance from the XLA path, in float32 ulp of each leaf's largest update: XLA:CPU's
+# rsqrt is not 1/sqrt rounded once (up to 2 ulp from it, in float32 and float64 alike; the
+# kernel's is), so with ε inside the root the direction differs by a few ulp; the moments never
+# see the direction and stay bitwise (checked separately)
+ULPS = 3
 
 
 def rms_states(state: Any) -> Any:
     return state[0]  # rmsprop is chain(scale_by_rms, scale_by_learning_rate, ...)
-
-
-def lockstep(
-    make: Callable[[], Any], via_step: bool, params: Any, grads: list
-) -> tuple[list[tuple[Any, Any]], str, str]:
-    """Each step from the XLA path's params and state, taken by both paths: per step the pair of
-    ``(output, state)`` (native, XLA), where output is the update or (``via_step``) the new
-    params; and both jaxprs. The kernels' switch is read where a function is traced, so each
-    path is compiled under its own setting."""
-
-    def compiled(native: bool | None) -> tuple[Any, Any, str]:
-        optadam.set_native_enabled(native)
-        tx = make()
-
-        def step(p: Any, s: Any, g: Any) -> Any:
-            return optadam.step(tx, g, s, p) if via_step else tx.update(g, s, p)
-
-        s = tx.init(params)
-        traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
-        return s, jax.jit(step).lower(params, s, grads[0]).compile(), traced
-
-    s, native, traced = compiled(True)  # on whatever OPTADAM_NATIVE says
-    _, xla, traced_xla = compiled(False)
-    p, pairs = params, []
-    for g in grads:
-        out_native, s_native = native(p, s, g)
-        out_xla, s_xla = xla(p, s, g)
-        pairs.append(((out_native, s_native), (out_xla, s_xla)))
-        s = s_xla
-        if via_step:
-            p = out_xla
-    return pairs, traced, traced_xla
 
 
 @needs_kernels
@@ -131,11 +65,10 @@ def test_kernel_update_matches_xla_path(name, dtype, lr, request):
     """tx.update with the kernel (OPTADAM_NATIVE=1's switch) against the XLA path, step after
     step from the same state: moments bitwise, the update within the direction's bound (ε outside
     the root: bitwise)."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(0)
-    params = random_tree(rng, dtype)
-    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    params = random_tree(rng, dtype, SHAPES)
+    grads = [random_tree(rng, dtype, SHAPES) for _ in range(STEPS)]
 
     def make():
         return optadam.rmsprop(LEARNING_RATES[lr], **OPTIONS[name])
@@ -145,7 +78,7 @@ def test_kernel_update_matches_xla_path(name, dtype, lr, request):
     for (u, s), (u_xla, s_xla) in pairs:
         assert_same(rms_states(s), rms_states(s_xla))
         if OPTIONS[name].get("eps_in_sqrt", True):
-            assert_close(u, u_xla, dtype)
+            assert_close(u, u_xla, ULPS)
         else:
             assert_same(u, u_xla)
 
@@ -156,11 +89,10 @@ def test_kernel_update_matches_xla_path(name, dtype, lr, request):
 def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(name, dtype, request):
     """optadam.step's one pass fuses θ + (−η)·u as XLA fuses apply_updates after the kernel's
     update: the same bits, every step, params and state alike."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(1)
-    params = random_tree(rng, dtype)
-    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    params = random_tree(rng, dtype, SHAPES)
+    grads = [random_tree(rng, dtype, SHAPES) for _ in range(STEPS)]
     for lr in LEARNING_RATES.values():
 
         def make(lr=lr):
@@ -182,11 +114,10 @@ def test_one_pass_step_matches_xla_path(name, dtype, request):
     """The one-pass step against kernels off, step after step from the same params
     and state: moments bitwise; params within 1 ulp of themselves plus the direction's bound on
     the step they took (bitwise with ε outside the root)."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     rng = np.random.default_rng(2)
-    params = random_tree(rng, dtype)
-    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    params = random_tree(rng, dtype, SHAPES)
+    grads = [random_tree(rng, dtype, SHAPES) for _ in range(STEPS)]
 
     def make():
         return optadam.rmsprop(0.01, **OPTIONS[name])
@@ -198,25 +129,15 @@ def test_one_pass_step_matches_xla_path(name, dtype, request):
         assert_same(rms_states(s), rms_states(s_xla))
         if not OPTIONS[name].get("eps_in_sqrt", True):
             assert_same(p, p_xla)
-        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
-            x, y, y0 = np.asarray(x), np.asarray(y), np.asarray(y0)
-            finite = np.isfinite(y) & np.isfinite(y0)
-            np.testing.assert_array_equal(x[~finite], y[~finite])
-            top = np.max(np.abs(y[finite]), initial=0)
-            moved = np.max(np.abs(y[finite] - y0[finite]), initial=0)
-            if dtype == "float32":
-                atol = np.spacing(np.float32(top)) + 3 * np.spacing(np.float32(moved))
-            else:
-                atol = 1e-14 * (top + moved)
-            np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=atol)
+        assert_step_close(p, p_xla, before, ULPS)
         before = p_xla
 
 
 @needs_kernels
 def test_scale_by_rms_alone_takes_the_kernel_and_matches_xla():
     rng = np.random.default_rng(3)
-    params = random_tree(rng, jnp.float32)
-    grads = [random_tree(rng, jnp.float32) for _ in range(STEPS)]
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = [random_tree(rng, jnp.float32, SHAPES) for _ in range(STEPS)]
     outs = {}
     for native in (True, False):
         optadam.set_native_enabled(native)
@@ -261,8 +182,8 @@ def test_lean_state_step_takes_update_then_apply_updates(name):
 
 def test_kernels_off_step_is_update_then_apply_updates():
     rng = np.random.default_rng(5)
-    params = random_tree(rng, jnp.float32)
-    grads = [random_tree(rng, jnp.float32) for _ in range(3)]
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = [random_tree(rng, jnp.float32, SHAPES) for _ in range(3)]
 
     def make():
         return optadam.rmsprop(0.01, centered=True)
@@ -302,12 +223,8 @@ MOMENTUM_OPTIONS = {
 
 def momentum_problem(seed: int, dtype: str) -> tuple[dict, list[dict]]:
     rng = np.random.default_rng(seed)
-    params = random_tree_of(rng, dtype, MOMENTUM_SHAPES)
-    return params, [random_tree_of(rng, dtype, MOMENTUM_SHAPES) for _ in range(STEPS)]
-
-
-def random_tree_of(rng: np.random.Generator, dtype: Any, shapes: dict) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+    params = random_tree(rng, dtype, MOMENTUM_SHAPES)
+    return params, [random_tree(rng, dtype, MOMENTUM_SHAPES) for _ in range(STEPS)]
 
 
 @needs_kernels
@@ -319,8 +236,7 @@ def test_momentum_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(
     """rmsprop(momentum=...)'s one pass takes the rms kernel's u_t, (−η)·u_t, the momentum
     kernel's trace and θ + step in that order: the same bits as the kernel-backed update (two
     kernel calls) + apply_updates, every step, params, moments and trace alike."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     params, grads = momentum_problem(6, dtype)
     for lr in LEARNING_RATES.values():
 
@@ -345,8 +261,7 @@ def test_momentum_one_pass_step_matches_xla_path(name, dtype, request):
     inside, the moments bitwise and the trace and params within MOMENTUM_ULPS of the leaf's
     largest value (params: of their step, plus 1 ulp of themselves). float64: 1e-14 relative (XLA
     contracts (−η)·u_t into the Nesterov step's FMA in some float64 programs)."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
+    wide(dtype, request)
     params, grads = momentum_problem(7, dtype)
     options = MOMENTUM_OPTIONS[name]
 
@@ -363,9 +278,7 @@ def test_momentum_one_pass_step_matches_xla_path(name, dtype, request):
             assert_same((p, s), (p_xla, s_xla))
         for x, y in zip(*(jax.tree.leaves(t) for t in (s[2].trace, s_xla[2].trace)), strict=True):
             within(x, y, MOMENTUM_ULPS * ulp(np.max(np.abs(y)), dtype))
-        for x, y, y0 in zip(*(jax.tree.leaves(t) for t in (p, p_xla, before)), strict=True):
-            top, moved = np.max(np.abs(y)), np.max(np.abs(np.asarray(y) - np.asarray(y0)))
-            within(x, y, ulp(top, dtype) + MOMENTUM_ULPS * ulp(moved, dtype))
+        assert_step_close(p, p_xla, before, MOMENTUM_ULPS)
         before = p_xla
 
 

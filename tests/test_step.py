@@ -8,7 +8,6 @@ transformation traced on one path keeps it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import needs_kernels
+from harness import assert_same, needs_kernels, random_tree, trajectory, wide
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -63,45 +62,6 @@ TWO_CALLS = {
 }
 
 
-def wide(dtype: str, request: pytest.FixtureRequest) -> None:
-    """x64 for float64 only: with it on, Adam's bias corrections of a traced count are float64,
-    wider than float32 leaves, and the kernels (rightly) leave float32 leaves to XLA."""
-    if dtype == "float64":
-        request.getfixturevalue("x64")
-
-
-def random_tree(rng: np.random.Generator, dtype: Any, shapes: dict = SHAPES) -> dict:
-    return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
-def trajectory(
-    make: Callable[[], Any], native: bool, via_step: bool, params: Any, grads: list, donate: bool
-) -> tuple[list, Any, str]:
-    """The params after each jitted step, the final state, and the step's jaxpr."""
-    optadam.set_native_enabled(native)
-    tx = make()
-
-    def step(p: Any, s: Any, g: Any) -> Any:
-        if via_step:
-            return optadam.step(tx, g, s, p)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
-    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
-    traced = str(jax.make_jaxpr(step)(params, s, grads[0]))
-    trail = []
-    for g in grads:
-        p, s = jitted(p, s, g)
-        trail.append(jax.tree.map(np.asarray, p))
-    return trail, s, traced
-
-
-def assert_same(a: Any, b: Any) -> None:
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @needs_kernels
 @pytest.mark.parametrize("donate", [False, True], ids=["kept", "donated"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -115,8 +75,8 @@ def test_one_pass_step_equals_kernel_update_then_apply_updates_bitwise(
     optadam.set_native_enabled(True)
     assert optadam.native_status().enabled
     rng = np.random.default_rng(0)
-    params = random_tree(rng, dtype)
-    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    params = random_tree(rng, dtype, SHAPES)
+    grads = [random_tree(rng, dtype, SHAPES) for _ in range(STEPS)]
     one, s_one, traced = trajectory(ONE_PASS[name], True, True, params, grads, donate)
     two, s_two, traced_two = trajectory(ONE_PASS[name], True, False, params, grads, donate)
     assert "optadam_adam_step" in traced and "optadam_adam_step" not in traced_two
@@ -135,8 +95,8 @@ def test_one_pass_step_matches_xla_path_step_by_step(name, dtype, request):
     ulp of the leaf's largest step, 1e-14 of it in float64: tests/test_native.py)."""
     wide(dtype, request)
     rng = np.random.default_rng(1)
-    params = random_tree(rng, dtype)
-    grads = [random_tree(rng, dtype) for _ in range(STEPS)]
+    params = random_tree(rng, dtype, SHAPES)
+    grads = [random_tree(rng, dtype, SHAPES) for _ in range(STEPS)]
     p, s = params, ONE_PASS[name]().init(params)
 
     def compiled(native: bool) -> Any:  # traced now, under this switch (jit traces lazily)
@@ -178,8 +138,8 @@ def test_other_transformations_take_update_then_apply_updates(name):
 @needs_kernels
 def test_kernels_off_step_is_update_then_apply_updates():
     rng = np.random.default_rng(3)
-    params = random_tree(rng, jnp.float32)
-    grads = [random_tree(rng, jnp.float32) for _ in range(3)]
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = [random_tree(rng, jnp.float32, SHAPES) for _ in range(3)]
     one, s_one, traced = trajectory(ONE_PASS["adamw"], False, True, params, grads, False)
     two, s_two, _ = trajectory(ONE_PASS["adamw"], False, False, params, grads, False)
     assert "optadam_adam" not in traced
@@ -207,8 +167,8 @@ def test_gradient_through_a_step_takes_the_xla_math():
     """Directly under ``jax.grad`` the step is the XLA path; a one-pass step traced under ``jit``
     and differentiated later uses the XLA math as its derivative."""
     rng = np.random.default_rng(4)
-    params = random_tree(rng, jnp.float32)
-    grads = random_tree(rng, jnp.float32)
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = random_tree(rng, jnp.float32, SHAPES)
 
     def loss(native: bool) -> Any:
         optadam.set_native_enabled(native)
@@ -230,7 +190,7 @@ def test_donated_one_pass_step_compiles_to_one_call_and_no_copy():
     """Params and state donated in the documented order: the kernel updates their buffers in
     place -- no copy, no update buffer, no XLA loop over the leaves."""
     optadam.set_native_enabled(True)
-    params = random_tree(np.random.default_rng(5), jnp.float32)
+    params = random_tree(np.random.default_rng(5), jnp.float32, SHAPES)
     for make in (ONE_PASS["adamw"], ONE_PASS["adam_schedule"]):
         tx = make()
         step = jax.jit(lambda p, s, g, tx=tx: optadam.step(tx, g, s, p), donate_argnums=(0, 1))
@@ -242,7 +202,7 @@ def test_donated_one_pass_step_compiles_to_one_call_and_no_copy():
 
 @needs_kernels
 def test_one_pass_is_on_by_default_for_step_only_and_the_switches_turn_it_off(monkeypatch):
-    params = random_tree(np.random.default_rng(6), jnp.float32)
+    params = random_tree(np.random.default_rng(6), jnp.float32, SHAPES)
     monkeypatch.delenv("OPTADAM_NATIVE", raising=False)
 
     def traced(via_step: bool) -> str:
@@ -268,9 +228,9 @@ def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
     """A model filtered to its arrays (``eqx.filter``) has None where it holds functions; those
     leaves have no param, gradient or moment, and the rest still takes the one pass."""
     rng = np.random.default_rng(7)
-    arrays = random_tree(rng, jnp.float32)
+    arrays = random_tree(rng, jnp.float32, SHAPES)
     params = {**arrays, "activation": None}
-    grads = [{**random_tree(rng, jnp.float32), "activation": None} for _ in range(4)]
+    grads = [{**random_tree(rng, jnp.float32, SHAPES), "activation": None} for _ in range(4)]
     for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
         one, s_one, traced = trajectory(make, True, True, params, grads, False)
         two, s_two, _ = trajectory(make, True, False, params, grads, False)
