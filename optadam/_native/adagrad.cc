@@ -39,23 +39,6 @@ void UpdateRange(const AdagradScalars<T>& k, const T* g, T* __restrict s, T* u, 
   for (size_t i = begin; i < end; ++i) u[i] = AdagradElement<T, kEpsInSqrt>(k, g[i], s[i]);
 }
 
-// The leaves of one call, `kIns` inputs and `kOuts` results each.
-template <typename T, int kIns, int kOuts>
-ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
-                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
-  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
-    return ffi::Error::InvalidArgument("optadam adagrad kernel: operand count");
-  }
-  leaves.resize(rets.size() / kOuts);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
-        error.failure()) {
-      return error;
-    }
-  }
-  return ffi::Error::Success();
-}
-
 // Operands: the scalars, then per leaf (g, s); results per leaf (u, s), the sum in place. Split
 // over XLA's thread pool as Adam is (InParallel).
 template <typename T>

@@ -61,15 +61,8 @@ ffi::Future Adam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
   if (packed.has_error()) return Done(packed.error());
   AdamScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  if ((args.size() - 1) % 3 != 0 || args.size() - 1 != rets.size()) {
-    return Done(ffi::Error::InvalidArgument("optadam adam kernel: operand count"));
-  }
-  std::vector<Leaf<T, 3, 3>> leaves(rets.size() / 3);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, 3, 3>(args, rets, leaf, leaves[leaf]); error.failure()) {
-      return Done(error);
-    }
-  }
+  std::vector<Leaf<T, 3, 3>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
   auto update = nesterov ? UpdateRange<T, true> : UpdateRange<T, false>;
   return InParallel<T>(pool, std::move(leaves),
                        [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
@@ -114,15 +107,8 @@ ffi::Future AdamStep(ffi::ThreadPool pool, bool nesterov, bool decay, ffi::Remai
   if (packed.has_error()) return Done(packed.error());
   StepScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  if ((args.size() - 1) % 4 != 0 || (args.size() - 1) / 4 * 3 != rets.size()) {
-    return Done(ffi::Error::InvalidArgument("optadam adam step kernel: operand count"));
-  }
-  std::vector<Leaf<T, 4, 3>> leaves(rets.size() / 3);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, 4, 3>(args, rets, leaf, leaves[leaf]); error.failure()) {
-      return Done(error);
-    }
-  }
+  std::vector<Leaf<T, 4, 3>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
   using Range = void (*)(const StepScalars<T>&, const T*, T*, T*, T*, size_t, size_t);
   // [nesterov][decay][clip]; whether to clip is known only now, from this step's norm
   static constexpr Range kRanges[2][2][2] = {

@@ -33,23 +33,6 @@ inline T AmsgradElement(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_max
   return mu_hat / (std::sqrt(nu_max + s.eps_root) + s.eps);
 }
 
-// The leaves of one call, `kIns` operands and `kOuts` results each.
-template <typename T, int kIns, int kOuts>
-ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
-                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
-  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
-    return ffi::Error::InvalidArgument("optadam amsgrad kernel: operand count");
-  }
-  leaves.resize(rets.size() / kOuts);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
-        error.failure()) {
-      return error;
-    }
-  }
-  return ffi::Error::Success();
-}
-
 // Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
 // adam.cc: no __restrict on them), the moments in place.
 template <typename T>

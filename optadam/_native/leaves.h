@@ -79,6 +79,24 @@ ffi::Error GetLeaf(const ffi::RemainingArgs& args, const ffi::RemainingRets& ret
   return ffi::Error::Success();
 }
 
+// All the leaves of one call, `kIns` inputs and `kOuts` results each, after checking that the
+// operands (less the scalars) and the results make whole leaves of one count.
+template <typename T, int kIns, int kOuts>
+ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
+  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
+    return ffi::Error::InvalidArgument("optadam kernel: operand count");
+  }
+  leaves.resize(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
+        error.failure()) {
+      return error;
+    }
+  }
+  return ffi::Error::Success();
+}
+
 // Makes elements [begin, end) of result `out` hold input `in`'s, so the kernel can update them in
 // place: nothing to do when XLA aliased the two buffers (the usual case), a copy otherwise.
 template <typename T, int kIns, int kOuts>

@@ -38,15 +38,8 @@ ffi::Future Momentum(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs arg
   if (packed.has_error()) return Done(packed.error());
   MomentumScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  if ((args.size() - 1) % 2 != 0 || args.size() - 1 != rets.size()) {
-    return Done(ffi::Error::InvalidArgument("optadam momentum kernel: operand count"));
-  }
-  std::vector<Leaf<T, 2, 2>> leaves(rets.size() / 2);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, 2, 2>(args, rets, leaf, leaves[leaf]); error.failure()) {
-      return Done(error);
-    }
-  }
+  std::vector<Leaf<T, 2, 2>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
   auto update = nesterov ? MomentumRange<T, true> : MomentumRange<T, false>;
   return InParallel<T>(pool, std::move(leaves),
                        [s, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
@@ -89,15 +82,8 @@ ffi::Future MomentumStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs
   if (packed.has_error()) return Done(packed.error());
   MomentumStepScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  if ((args.size() - 1) % 3 != 0 || (args.size() - 1) / 3 * 2 != rets.size()) {
-    return Done(ffi::Error::InvalidArgument("optadam momentum step kernel: operand count"));
-  }
-  std::vector<Leaf<T, 3, 2>> leaves(rets.size() / 2);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, 3, 2>(args, rets, leaf, leaves[leaf]); error.failure()) {
-      return Done(error);
-    }
-  }
+  std::vector<Leaf<T, 3, 2>> leaves;
+  if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
   using Range = void (*)(const MomentumStepScalars<T>&, const T*, T*, T*, size_t, size_t);
   // [nesterov][clip]; whether to clip is known only now, from this step's norm
   static constexpr Range kRanges[2][2] = {

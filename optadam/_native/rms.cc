@@ -52,23 +52,6 @@ void UpdateRange(const RmsScalars<T>& s, const T* g, T* __restrict mu,
   }
 }
 
-// The leaves of one call, `kIns` inputs and `kOuts` results each.
-template <typename T, int kIns, int kOuts>
-ffi::Error GetLeaves(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
-                     std::vector<Leaf<T, kIns, kOuts>>& leaves) {
-  if ((args.size() - 1) % kIns != 0 || (args.size() - 1) / kIns * kOuts != rets.size()) {
-    return ffi::Error::InvalidArgument("optadam rms kernel: operand count");
-  }
-  leaves.resize(rets.size() / kOuts);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf<T, kIns, kOuts>(args, rets, leaf, leaves[leaf]);
-        error.failure()) {
-      return error;
-    }
-  }
-  return ffi::Error::Success();
-}
-
 // Operands: the scalars, then per leaf (g, nu), or (g, mu, nu) when centered; results per leaf
 // (u, nu) or (u, mu, nu), the moments in place. Split over XLA's thread pool as Adam is.
 template <typename T>
