@@ -397,3 +397,25 @@ def test_kernel_split_over_a_pool_shared_by_8_host_devices_does_not_deadlock():
     except subprocess.TimeoutExpired:
         pytest.fail("the kernel deadlocked (or ran for over 300 s) under 8 host devices")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@needs_kernels
+def test_many_leaves_are_cut_into_calls_of_leaves_per_call_with_the_same_results():
+    """XLA compiles one custom call over thousands of operands in minutes: a tree is cut into
+    calls of ``LEAVES_PER_CALL`` leaves (70 leaves: 3 calls), each leaf's results unchanged."""
+    assert kernels_available()
+    rng = np.random.default_rng(11)
+    shapes = {f"w{i:02d}": (3 + i,) for i in range(70)}
+    params = random_tree(rng, jnp.float32, shapes)
+    grads = [random_tree(rng, jnp.float32, shapes) for _ in range(3)]
+    u_k, s_k, _ = run(ADAM_FAMILY["adam"], True, params, grads)
+    u_x, s_x, _ = run(ADAM_FAMILY["adam"], False, params, grads)
+    tx = ADAM_FAMILY["adam"]()
+    optadam.set_native_enabled(True)
+    traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
+    calls = -(-len(shapes) // optadam._native.LEAVES_PER_CALL)
+    assert calls == 3 and traced.count("optadam_adam_f32") == calls
+    for a, b in zip(jax.tree.leaves(s_k), jax.tree.leaves(s_x), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(u_k), jax.tree.leaves(u_x), strict=True):
+        close_in_ulps(a, b, 3)
