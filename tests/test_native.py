@@ -408,8 +408,8 @@ def test_many_leaves_are_cut_into_calls_of_leaves_per_call_with_the_same_results
     shapes = {f"w{i:02d}": (3 + i,) for i in range(70)}
     params = random_tree(rng, jnp.float32, shapes)
     grads = [random_tree(rng, jnp.float32, shapes) for _ in range(3)]
-    u_k, s_k, _ = run(ADAM_FAMILY["adam"], True, params, grads)
-    u_x, s_x, _ = run(ADAM_FAMILY["adam"], False, params, grads)
+    u_k, s_k, _ = updates_path(ADAM_FAMILY["adam"], True, params, grads)
+    u_x, s_x, _ = updates_path(ADAM_FAMILY["adam"], False, params, grads)
     tx = ADAM_FAMILY["adam"]()
     optadam.set_native_enabled(True)
     traced = str(jax.make_jaxpr(tx.update)(grads[0], tx.init(params), params))
