@@ -268,7 +268,9 @@ def step_equinox(tx: optax.GradientTransformation, via_step: bool) -> tuple[Any,
 
 @needs_kernels
 def test_optadam_step_in_nnx_takes_one_pass_and_trains_as_nnx_optimizer() -> None:
+    optadam.set_native_enabled(True)  # the one pass whatever OPTADAM_NATIVE says
     model, losses = step_nnx(optadam.adamw(1e-2, weight_decay=1e-2))
+    optadam.set_native_enabled(None)
     twin, _, twin_losses = train_nnx(optadam.adamw(1e-2, weight_decay=1e-2))
     assert losses[-1] < losses[0] / 2
     np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
@@ -277,7 +279,9 @@ def test_optadam_step_in_nnx_takes_one_pass_and_trains_as_nnx_optimizer() -> Non
 
 @needs_kernels
 def test_optadam_step_in_linen_takes_one_pass_and_trains_as_apply_gradients() -> None:
+    optadam.set_native_enabled(True)  # the one pass whatever OPTADAM_NATIVE says
     state, losses = step_linen(optadam.adamw(1e-2, weight_decay=1e-2), via_step=True)
+    optadam.set_native_enabled(None)
     twin, twin_losses = step_linen(optadam.adamw(1e-2, weight_decay=1e-2), via_step=False)
     assert losses[-1] < losses[0] / 2
     np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
@@ -288,7 +292,9 @@ def test_optadam_step_in_linen_takes_one_pass_and_trains_as_apply_gradients() ->
 
 @needs_kernels
 def test_optadam_step_in_equinox_takes_one_pass_and_trains_as_update() -> None:
+    optadam.set_native_enabled(True)  # the one pass whatever OPTADAM_NATIVE says
     model, losses = step_equinox(optadam.adam(1e-2), via_step=True)
+    optadam.set_native_enabled(None)
     twin, twin_losses = step_equinox(optadam.adam(1e-2), via_step=False)
     assert losses[-1] < losses[0] / 2
     np.testing.assert_allclose(losses, twin_losses, rtol=RTOL)
