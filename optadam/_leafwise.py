@@ -192,19 +192,18 @@ def map_leaves(
     bfloat16 are then rounded stochastically, and 8-bit second moments need it.
 
     ``kernel`` names the optimizer's native kernel and this step's scalars: the leaves it applies
-    to (see :func:`native_leaves`) go through it instead, with the same results.
+    to (see :func:`native_leaves`) have their moments advanced and stored by it instead, with the
+    same results; the direction is this function's for every leaf, so XLA fuses it into whatever
+    consumes the update (``optax.apply_updates``) and the update is never stored.
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
-    native = native_leaves(kernel, moments, direction, g_leaves, s_leaves, rounding_seed)
+    native = native_leaves(kernel, moments, g_leaves, s_leaves, rounding_seed)
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
     position = 0  # elements of the moments so far (stochastic rounding hashes each one's position)
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         outs: Sequence[Any]
-        if i in native:
-            outs = native[i]
-            position += len(s) * jnp.size(g)  # the later leaves' seeds as on the XLA path
-        elif g is None:  # no gradient for this leaf: no update, state kept as it was
+        if g is None:  # no gradient for this leaf: no update, state kept as it was
             outs = (None, *s)
         else:
             for state, x in zip(states, s, strict=True):
@@ -212,15 +211,19 @@ def map_leaves(
                     raise _mismatch(grads, state)
             g = jnp.asarray(g)
             g_wide = _lift(g)
-            new = moments(g_wide, *(_lift(x) for x in s))
-            seeds = [
-                None
-                if rounding_seed is None
-                else _quantize.array_seed(rounding_seed, position + j * g.size)
-                for j in range(len(s))
-            ]
+            new: Sequence[Any]
+            if i in native:  # the kernel advanced and stored the moments
+                stored, new = list(native[i]), [None] * len(s)
+            else:
+                new = moments(g_wide, *(_lift(x) for x in s))
+                seeds = [
+                    None
+                    if rounding_seed is None
+                    else _quantize.array_seed(rounding_seed, position + j * g.size)
+                    for j in range(len(s))
+                ]
+                stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
             position += len(s) * g.size
-            stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
             seen = [
                 value if isinstance(like, QuantizedArray) else _lift(kept)
                 for value, kept, like in zip(new, stored, s, strict=True)
@@ -259,26 +262,26 @@ _LOWP_MOMENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 def native_leaves(
     kernel: Kernel | None,
     moments: Callable[..., Sequence[jax.Array]],
-    direction: Callable[..., jax.Array],
     g_leaves: list[Any],
     s_leaves: list[list[Any]],
     rounding_seed: jax.Array | None = None,
 ) -> dict[int, Sequence[Any]]:
-    """``{leaf index: (u, *new states)}`` for the leaves a native kernel computes; the other leaves
-    (and all of them when the kernels are off or do not apply) stay on the XLA path.
+    """``{leaf index: new states as stored}`` for the leaves whose moments a native kernel
+    advances; the other leaves (and all of them when the kernels are off or do not apply) stay on
+    the XLA path. The kernel computes ``moments`` and their storage rounding only: the direction
+    stays jnp (:func:`map_leaves`), which XLA fuses into the loop that consumes the update.
 
-    A kernel call takes all the leaves of one dtype at once. It applies on CPU to non-empty
-    float32/float64 leaves whose state is plain arrays of the same dtype, on one device, eagerly or
-    under ``jit`` (whose tracers stand for such arrays), when no hyperparameter is wider than the
-    leaves (the XLA path would then compute in the wider dtype). Directly under ``jax.grad``,
-    ``jax.jvp`` or ``jax.vmap`` it does not: the XLA path is the definition there. A kernel call
-    traced first and differentiated later (``grad`` of a ``scan`` or of a ``jit``) takes the XLA
-    math as its derivative rule (:func:`_kernel_call`); one vmapped later runs once per element.
-    For float32 and float64 the XLA path's storage rounding is the identity, so the kernel's
-    results are the moments and direction themselves. Kernels in ``_LOWP_KERNELS`` also take
-    bfloat16/float16 gradients and bfloat16 moments (any mix with float32, one call per mix):
-    they lift, compute in float32 and round as :func:`map_leaves` does, stochastically with its
-    bits given ``rounding_seed``.
+    A kernel call takes the leaves of one dtype (at most ``_native.LEAVES_PER_CALL`` each). It
+    applies on CPU to non-empty float32/float64 leaves whose state is plain arrays of the same
+    dtype, on one device, eagerly or under ``jit`` (whose tracers stand for such arrays), when no
+    hyperparameter is wider than the leaves (the XLA path would then compute in the wider dtype).
+    Directly under ``jax.grad``, ``jax.jvp`` or ``jax.vmap`` it does not: the XLA path is the
+    definition there. A kernel call traced first and differentiated later (``grad`` of a ``scan``
+    or of a ``jit``) takes the XLA math as its derivative rule (:func:`_kernel_call`); one vmapped
+    later runs once per element. Kernels in ``_LOWP_KERNELS`` also take bfloat16/float16
+    gradients and bfloat16 moments (any mix with float32, one call per mix): they lift, compute
+    in float32 and round as :func:`map_leaves` does, stochastically with its bits given
+    ``rounding_seed``.
     """
     if kernel is None or not _native.enabled() or jax.default_backend() != "cpu":
         return {}
@@ -295,17 +298,12 @@ def native_leaves(
             kernel, key, "", indices, _positions(g_leaves, len(s_leaves)), rounding_seed
         )
 
-        def xla(g: Any, *s: Any) -> list[Any]:  # map_leaves' math (nearest rounding)
-            g_wide = _lift(g)
-            new = moments(g_wide, *(_lift(x) for x in s))
-            stored = [value.astype(x.dtype) for value, x in zip(new, s, strict=True)]
-            return [direction(g_wide, *(_lift(x) for x in stored)).astype(g.dtype), *stored]
+        def xla(g: Any, *s: Any) -> list[Any]:  # map_leaves' moments (nearest rounding)
+            new = moments(_lift(g), *(_lift(x) for x in s))
+            return [value.astype(x.dtype) for value, x in zip(new, s, strict=True)]
 
-        # u over g and each state into its new value: inside a training step the gradients are
-        # dead after the update, so XLA hands the kernel their buffer and u costs no allocation
-        # (a gradient the caller keeps is copied first)
-        in_place = {k: k for k in range(len(leaves[0]))}
-        outs = _kernel_call(name, call_kernel, xla, scalars, leaves, in_place, len(leaves[0]))
+        in_place = {k: k - 1 for k in range(1, len(leaves[0]))}  # each state into its new value
+        outs = _kernel_call(name, call_kernel, xla, scalars, leaves, in_place, len(in_place))
         done.update(zip(indices, outs, strict=True))
     return done
 
@@ -406,7 +404,7 @@ def native_step(
     Low-precision leaves (see :func:`native_leaves`) need the params in the gradients' dtype;
     ``rounding_seed`` rounds bfloat16 moments stochastically, as ``update`` would.
     """
-    if not _native.step_enabled() or jax.default_backend() != "cpu":
+    if not _native.enabled() or jax.default_backend() != "cpu":
         return None
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     try:
@@ -466,7 +464,7 @@ def native_step_8bit(
 
     ``xla(g, p, mu, nu)`` is the step on float moments, as for :func:`native_step`.
     """
-    if not _native.step_enabled() or jax.default_backend() != "cpu":
+    if not _native.enabled() or jax.default_backend() != "cpu":
         return None
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     try:

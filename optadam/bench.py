@@ -9,10 +9,10 @@ the median over rounds, with the fastest and slowest round beside it (one statis
 the roofline fraction compares like with like).
 
 Cases: one big leaf; a ResNet-50-shaped tree; a GPT-2-small-shaped tree; 2,000 small leaves.
-Contenders: optadam (the XLA path; ``optadam_native`` is the same optimizer with the native CPU
-kernels turned on, see ``optadam._native``, and ``optadam_step`` that, written as ``optadam.step``:
-one pass, params and moments in place; every contender whose label ends in ``_step`` runs as
-``optadam.step``),
+Contenders: optadam (the XLA path, kernels off; ``optadam_native`` is the same optimizer as
+users get it by default, ``tx.update`` with the native CPU kernels, see ``optadam._native``, and
+``optadam_step`` that, written as ``optadam.step``: one pass, params and moments in place; every
+contender whose label ends in ``_step`` runs as ``optadam.step``),
 optadam with small leaves grouped (``optadam.grouped``; only where it finds
 leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, rmsprop, adam,
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``) and bfloat16 moments,
@@ -74,31 +74,31 @@ BYTES_MOVED = {
 }
 OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "sgd_momentum": {
-        "optadam": lambda: optadam.sgd(1e-3, momentum=0.9),
+        "optadam": lambda: xla_path(optadam.sgd(1e-3, momentum=0.9)),
         "optadam_native": lambda: native_path(optadam.sgd(1e-3, momentum=0.9)),
         "optadam_step": lambda: native_path(optadam.sgd(1e-3, momentum=0.9)),
-        "optadam_grouped": lambda: optadam.grouped(optadam.sgd(1e-3, momentum=0.9)),
+        "optadam_grouped": lambda: xla_path(optadam.grouped(optadam.sgd(1e-3, momentum=0.9))),
         "optax": lambda: optax.sgd(1e-3, momentum=0.9),
     },
     "rmsprop": {
-        "optadam": lambda: optadam.rmsprop(1e-3),
+        "optadam": lambda: xla_path(optadam.rmsprop(1e-3)),
         "optadam_native": lambda: native_path(optadam.rmsprop(1e-3)),
         "optadam_step": lambda: native_path(optadam.rmsprop(1e-3)),
-        "optadam_grouped": lambda: optadam.grouped(optadam.rmsprop(1e-3)),
+        "optadam_grouped": lambda: xla_path(optadam.grouped(optadam.rmsprop(1e-3))),
         "optax": lambda: optax.rmsprop(1e-3),
     },
     "adam": {
-        "optadam": lambda: optadam.adam(1e-3),
+        "optadam": lambda: xla_path(optadam.adam(1e-3)),
         "optadam_native": lambda: native_path(optadam.adam(1e-3)),
         "optadam_step": lambda: native_path(optadam.adam(1e-3)),
-        "optadam_grouped": lambda: optadam.grouped(optadam.adam(1e-3)),
+        "optadam_grouped": lambda: xla_path(optadam.grouped(optadam.adam(1e-3))),
         "optax": lambda: optax.adam(1e-3),
     },
     "adamw": {
-        "optadam": lambda: optadam.adamw(1e-3),
+        "optadam": lambda: xla_path(optadam.adamw(1e-3)),
         "optadam_native": lambda: native_path(optadam.adamw(1e-3)),
         "optadam_step": lambda: native_path(optadam.adamw(1e-3)),
-        "optadam_grouped": lambda: optadam.grouped(optadam.adamw(1e-3)),
+        "optadam_grouped": lambda: xla_path(optadam.grouped(optadam.adamw(1e-3))),
         "optax": lambda: optax.adamw(1e-3),
     },
 }
@@ -106,21 +106,25 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
 # with the float32 one pass as their baseline
 OPTIMIZERS["adam_lean"] = {
     "optadam_step": lambda: native_path(optadam.adam(1e-3)),
-    "optadam_8bit": lambda: optadam.adam(1e-3, state_bits=8),
+    "optadam_8bit": lambda: xla_path(optadam.adam(1e-3, state_bits=8)),
     "optadam_8bit_step": lambda: native_path(optadam.adam(1e-3, state_bits=8)),
-    "optadam_bf16": lambda: optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+    "optadam_bf16": lambda: xla_path(
+        optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    ),
     "optadam_bf16_step": lambda: native_path(
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     ),
-    "optadam_bf16_sr": lambda: optadam.adam(
-        1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True
+    "optadam_bf16_sr": lambda: xla_path(
+        optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
     ),
     "optadam_bf16_sr_step": lambda: native_path(
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
     ),
 }
 OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then AdamW
-    "optadam": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3)),
+    "optadam": lambda: xla_path(
+        optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3))
+    ),
     "optadam_step": lambda: native_path(
         optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3))
     ),
@@ -132,10 +136,21 @@ CLIP_NORM = {"adamw_clip": 1.0}  # torch: clip_grad_norm_ before the optimizer's
 
 
 def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``tx`` with optadam's native kernels on while its update is traced (where they apply)."""
+    """``tx`` with optadam's native kernels on while it is traced (where they apply): the
+    default, spelled out so a run with ``OPTADAM_NATIVE=0`` still times them."""
+    return switched(tx, True)
+
+
+def xla_path(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with optadam's native kernels off while it is traced: the XLA path."""
+    return switched(tx, False)
+
+
+def switched(tx: optax.GradientTransformation, native: bool) -> optax.GradientTransformation:
+    """``tx`` traced with the kernels' switch at ``native`` (its update and its one pass)."""
 
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        optadam.set_native_enabled(True)
+        optadam.set_native_enabled(native)
         try:
             return tx.update(updates, state, params)
         finally:
@@ -146,13 +161,13 @@ def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformatio
         return optax.GradientTransformation(tx.init, update)
 
     def step(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
-        optadam.set_native_enabled(True)
+        optadam.set_native_enabled(native)
         try:
             return one_pass(grads, state, params)
         finally:
             optadam.set_native_enabled(None)
 
-    # optadam.step's one pass (optadam._leafwise.OnePass), with the kernels on too
+    # optadam.step's one pass (optadam._leafwise.OnePass), under the same switch
     return with_one_pass(optax.GradientTransformationExtraArgs(tx.init, update), step)
 
 

@@ -183,6 +183,37 @@ def trajectory(
     return trail, s, traced
 
 
+def assert_kernel_paths_agree(
+    make: Callable[[], Any], params: Any, grads: list, step_kernel: str, exact: bool = True
+) -> tuple[str, str]:
+    """``make()``'s steps taken the three ways, checked against each other; returns the jaxprs
+    of the kernel-backed update and of the one pass.
+
+    The kernel-backed ``tx.update`` + ``optax.apply_updates`` equals the XLA path (kernels off)
+    bit for bit, every step, params and state alike: the kernel advances the moments with XLA's
+    operations, and the direction is the same jnp either way. ``optadam.step``'s one pass is one
+    ``step_kernel`` call for all leaves, with the same bits whether params and state are donated
+    or not. (The one pass against the XLA path, which differs by a few ulp where XLA rewrites
+    divisions: each family's ``..._matches_xla_path`` test.) Not ``exact``: the two-call paths
+    within 1e-14 relative (float64 programs where XLA contracts a multiply-add the kernel
+    rounds twice)."""
+    update, s_update, traced_update = trajectory(make, True, False, params, grads)
+    xla, s_xla, traced_xla = trajectory(make, False, False, params, grads)
+    assert "optadam_" in traced_update and "optadam_" not in traced_xla
+    assert "_step_" not in traced_update
+    if exact:
+        assert_same((update, s_update), (xla, s_xla))
+    else:
+        assert_close((update, s_update), (xla, s_xla), 0)
+    kept, s_kept, traced = trajectory(make, True, True, params, grads)
+    donated, s_donated, _ = trajectory(make, True, True, params, grads, donate=True)
+    assert step_kernel in traced and traced.count("ffi_call") == 1
+    assert_same(kept, donated)
+    assert_same(s_kept, s_donated)
+    assert jax.tree.structure(s_kept) == jax.tree.structure(s_xla)
+    return traced_update, traced
+
+
 def lockstep(
     make: Callable[[], Any], via_step: bool, params: Any, grads: list
 ) -> tuple[list[tuple[Any, Any]], str, str]:

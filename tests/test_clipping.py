@@ -17,7 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from harness import assert_same, needs_kernels, random_tree, trajectory, wide
+from harness import (
+    assert_same,
+    assert_step_close,
+    lockstep,
+    needs_kernels,
+    random_tree,
+    trajectory,
+    wide,
+)
 
 import optadam
 
@@ -172,11 +180,11 @@ def test_chain_is_one_pass_only_for_the_clip_then_a_one_pass_optimizer():
 
 @needs_kernels
 @pytest.mark.parametrize("name", ONE_PASS)
-def test_clipped_one_pass_step_equals_two_calls_float32(name):
-    """Against the kernel-backed two calls bit for bit; against the XLA path (the definition) the
-    state bit for bit, and the params bit for bit for Momentum and within the Adam kernel's own
-    bound per step (tests/test_step.py) for the Adam family -- on a stream that clips some steps
-    only."""
+def test_clipped_one_pass_step_matches_xla_path_float32(name):
+    """The kernel-backed two calls give the XLA path's bits; the one pass against the XLA path
+    (the definition): the state bit for bit, and the params bit for bit for Momentum and within
+    the Adam kernel's own bound per step (tests/test_step.py) for the Adam family -- on a stream
+    that clips some steps only."""
     rng = np.random.default_rng(3)
     params = random_tree(rng, jnp.float32, SHAPES)
     grads = gradient_stream(rng, jnp.float32)
@@ -185,7 +193,7 @@ def test_clipped_one_pass_step_equals_two_calls_float32(name):
     xla, s_xla, traced_xla = trajectory(clipped(name), False, False, params, grads, donate=True)
     assert kernel_of(name) in traced and traced.count("ffi_call") == 1
     assert "_step_f" not in traced_two and "optadam_" not in traced_xla
-    assert_same((one, s_one), (two, s_two))
+    assert_same((two, s_two), (xla, s_xla))
     assert_same(s_one, s_xla)
     if name not in DIVIDES:
         assert_same(one, xla)
@@ -210,7 +218,7 @@ def test_clipped_one_pass_step_matches_xla_path_float64(name, x64):
     two, s_two, _ = trajectory(clipped(name), True, False, params, grads, donate=True)
     xla, s_xla, _ = trajectory(clipped(name), False, False, params, grads, donate=True)
     assert kernel_of(name) + "64" in traced
-    assert_same((one, s_one), (two, s_two))
+    assert_same((two, s_two), (xla, s_xla))  # the update kernel: the XLA path's bits
     for x, y in zip(jax.tree.leaves((one, s_one)), jax.tree.leaves((xla, s_xla)), strict=True):
         scale = float(np.max(np.abs(np.asarray(y)), initial=0))
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-14, atol=1e-14 * scale)
@@ -255,7 +263,16 @@ def test_a_zero_size_leaf_keeps_the_one_pass_and_kernels_off_take_the_two_calls(
         one, s_one, traced = trajectory(clipped("adamw"), native, True, params, grads, donate=True)
         two, s_two, _ = trajectory(clipped("adamw"), native, False, params, grads, donate=True)
         assert ("_step_f" in traced) == native  # the empty leaf passes through the one pass
-        assert_same((one, s_one), (two, s_two))
+        if not native:  # optadam.step is then the two calls
+            assert_same((one, s_one), (two, s_two))
+    # with the kernel: the XLA path's state, and params within the Adam kernel's bound per step
+    pairs, _, _ = lockstep(clipped("adamw"), True, params, grads)
+    before = params
+    for (p, s), (p_xla, s_xla) in pairs:
+        assert p["empty"].shape == (0, 3)
+        assert_same(s, s_xla)
+        assert_step_close(p, p_xla, before, 3)
+        before = p_xla
 
 
 @needs_kernels

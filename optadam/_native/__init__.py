@@ -9,11 +9,10 @@ version, the compiler's version and the CPU (``-march=native``). The cache lives
 writes a temporary file and renames it into place, so processes building at once (``pytest -n``,
 ``jax.distributed``) each see either no library or a whole one.
 
-The kernels are off for ``tx.update`` unless ``OPTADAM_NATIVE=1`` or :func:`set_native_enabled`
-turns them on (see :func:`native_status` for why); ``optadam.step``'s one pass is on unless
-``OPTADAM_NATIVE=0`` or ``set_native_enabled(False)`` turns it off. No compiler or a failed
-build leaves them off too, and every optimizer on its XLA path; :func:`native_status` says which
-and why.
+The kernels are on by default, for ``tx.update`` and ``optadam.step`` alike, unless
+``OPTADAM_NATIVE=0`` or :func:`set_native_enabled` turns them off. No compiler or a failed build
+leaves them off too, and every optimizer on its XLA path; :func:`native_status` says which and
+why.
 ``OPTADAM_NATIVE_CFLAGS`` appends compiler flags (e.g. sanitizers; see BUILD_NOTES.md).
 """
 
@@ -71,13 +70,6 @@ TARGETS += ("optadam_adam8_step_f32",)
 TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
 
 
-DEFAULT_OFF = (
-    "off by default for tx.update: a kernel-backed update is still slower than XLA's fused loops "
-    "(its update is a fresh buffer XLA's step never writes; OPTADAM_NATIVE=1 or "
-    "optadam.set_native_enabled(True) turns it on); optadam.step's one pass is on by default"
-)
-
-
 class NativeStatus(NamedTuple):
     """Whether optadam's native kernels are in use, and why not if they are not."""
 
@@ -117,20 +109,17 @@ def disabled() -> Iterator[None]:
 def native_status() -> NativeStatus:
     """Whether the kernels are in use and, if not, why; builds them on first call if needed.
 
-    This is ``tx.update``'s switch, off by default: a kernel-backed update still takes 2.4-2.9x
-    XLA's fused step on a 16.8M-element leaf, most of it in the page faults of the update buffer
-    the kernel writes and XLA's step never materializes (BUILD_NOTES.md, "Native kernels").
-    ``OPTADAM_NATIVE=1`` or ``set_native_enabled(True)`` turns them on. ``optadam.step``'s one
-    pass, which has no update buffer, is on unless turned off (:func:`step_enabled`).
+    On by default on CPU, for ``tx.update`` and ``optadam.step`` alike: ``tx.update``'s kernel
+    advances the moments in one pass and leaves the direction to XLA, which fuses it into
+    ``optax.apply_updates`` (the results are the XLA path's bits); ``optadam.step`` runs the whole
+    step in one pass. ``OPTADAM_NATIVE=0`` or ``set_native_enabled(False)`` turns both off.
     """
     if _switched_off is not None:
         off, how = _switched_off, "set_native_enabled(False)"
     else:
         setting = os.environ.get("OPTADAM_NATIVE", "")
-        off, how = setting != "1", f"OPTADAM_NATIVE={setting}" if setting else "default"
+        off, how = setting not in ("", "1"), f"OPTADAM_NATIVE={setting}"
     if off:
-        if how == "default":
-            return NativeStatus(False, DEFAULT_OFF, None)
         return NativeStatus(False, f"turned off by {how}", None)
     return _load()
 
@@ -138,18 +127,6 @@ def native_status() -> NativeStatus:
 def enabled() -> bool:
     """Cheap check for the leaf-lifting layer: kernels on and loaded."""
     return native_status().enabled
-
-
-def step_enabled() -> bool:
-    """Whether ``optadam.step`` may take its one-pass kernel: as :func:`native_status` says, but
-    on by default -- writing params and moments in place, it beats XLA's fused step where the
-    kernel-backed ``update`` does not (BUILD_NOTES.md, "Native kernels"). ``OPTADAM_NATIVE=0``
-    or ``set_native_enabled(False)`` turns it off too."""
-    if _switched_off is not None:
-        off = _switched_off
-    else:
-        off = os.environ.get("OPTADAM_NATIVE", "") not in ("", "1")
-    return not off and _load().enabled
 
 
 def cache_dir() -> Path:

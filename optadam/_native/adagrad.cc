@@ -16,11 +16,17 @@ struct AdagradScalars {
 };
 constexpr size_t kAdagradScalars = sizeof(AdagradScalars<float>) / sizeof(float);
 
+// scale_by_adagrad's moments: `s` (sum_of_squares) advanced in place.
+template <typename T>
+inline void AdagradMoments(T g, T& s) {
+  s = MulAdd(g, g, s);  // s_t = s_{t-1} + |g_t|²
+}
+
 // One element of scale_by_adagrad's update; `s` (sum_of_squares) is updated in place, u_t
 // returned.
 template <typename T, bool kEpsInSqrt>
 inline T AdagradElement(const AdagradScalars<T>& k, T g, T& s) {
-  s = MulAdd(g, g, s);  // s_t = s_{t-1} + |g_t|²
+  AdagradMoments(g, s);
   if (kEpsInSqrt) {
     // u_t = g_t / sqrt(s_t + ε), 0 where s_t = 0 (and where s_t is NaN: `s > 0` is false, as in
     // jnp.where). The root is taken everywhere, then selected: a conditional sqrt and division
@@ -31,31 +37,27 @@ inline T AdagradElement(const AdagradScalars<T>& k, T g, T& s) {
   return g / (std::sqrt(s) + k.eps);  // torch: u_t = g_t / (sqrt(s_t) + ε)
 }
 
-// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
-// adam.cc), the sum in place.
-template <typename T, bool kEpsInSqrt>
-void UpdateRange(const AdagradScalars<T>& k, const T* g, T* __restrict s, T* u, size_t begin,
-                 size_t end) {
-  for (size_t i = begin; i < end; ++i) u[i] = AdagradElement<T, kEpsInSqrt>(k, g[i], s[i]);
+// Elements [begin, end) of one leaf of tx.update: the sum alone, in place. The direction stays jnp (map_leaves computes it from the state this
+// returns), so XLA fuses it into the loop that consumes u_t (optax.apply_updates'); see adam.cc.
+template <typename T>
+void MomentsRange(const T* __restrict g, T* __restrict s, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) AdagradMoments(g[i], s[i]);
 }
 
-// Operands: the scalars, then per leaf (g, s); results per leaf (u, s), the sum in place. Split
-// over XLA's thread pool as Adam is (InParallel).
+// Operands: the scalars, then per leaf (g, s); results per leaf (s), in place. Split over XLA's
+// thread pool as Adam is (InParallel). ε and `eps_in_sqrt` shape only the direction; they are
+// taken so that one Kernel serves this call and optadam.step's.
 template <typename T>
-ffi::Future Adagrad(ffi::ThreadPool pool, bool eps_in_sqrt, ffi::RemainingArgs args,
+ffi::Future Adagrad(ffi::ThreadPool pool, bool /*eps_in_sqrt*/, ffi::RemainingArgs args,
                     ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kAdagradScalars);
   if (packed.has_error()) return Done(packed.error());
-  AdagradScalars<T> k;
-  std::memcpy(&k, *packed, sizeof(k));
-  std::vector<Leaf<T, 2, 2>> leaves;
+  std::vector<Leaf<T, 2, 1>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  auto update = eps_in_sqrt ? UpdateRange<T, true> : UpdateRange<T, false>;
-  return InParallel<T>(pool, std::move(leaves),
-                       [k, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
-                         Alias(b, 1, 1, begin, end);  // s
-                         update(k, b.in[0], b.out[1], b.out[0], begin, end);
-                       });
+  return InParallel<T>(pool, std::move(leaves), [](const Leaf<T, 2, 1>& b, size_t begin, size_t end) {
+    Alias(b, 1, 0, begin, end);  // s
+    MomentsRange(b.in[0], b.out[0], begin, end);
+  });
 }
 
 // optadam.step's scalars: scale_by_adagrad's, then −η (the sign as scale_by_learning_rate

@@ -43,32 +43,34 @@ inline T AdamElement(const AdamScalars<T>& s, T g, T& mu, T& nu) {
   return AdamDirection<T, kNesterov>(s, g, mu, nu);
 }
 
-// Elements [begin, end) of one leaf: the direction u_t over the gradient (Python aliases g to u,
-// so g and u may be one buffer: no __restrict on them), the moments in place.
-template <typename T, bool kNesterov>
-void UpdateRange(const AdamScalars<T>& s, const T* g, T* __restrict mu,
-                 T* __restrict nu, T* u, size_t begin, size_t end) {
-  for (size_t i = begin; i < end; ++i) u[i] = AdamElement<T, kNesterov>(s, g[i], mu[i], nu[i]);
+// Elements [begin, end) of one leaf of tx.update: adam_moments alone, `mu` and `nu` advanced in
+// place. The direction stays jnp (map_leaves computes it from the moments this returns), so XLA
+// fuses it into the loop that consumes u_t -- in a training step optax.apply_updates'
+// θ + (−η)·u_t -- and u_t is never stored: 36 B/param with apply_updates instead of XLA's ~44.
+template <typename T>
+void MomentsRange(const AdamScalars<T>& s, const T* __restrict g, T* __restrict mu,
+                  T* __restrict nu, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) AdamMoments(s, g[i], mu[i], nu[i]);
 }
 
-// Operands: the scalars, then per leaf (g, mu, nu); results per leaf (u, mu, nu), mu and nu in
-// place. The elements are split over XLA's thread pool (InParallel); the call completes when the
-// last range is done.
+// Operands: the scalars, then per leaf (g, mu, nu); results per leaf (mu, nu), in place. The
+// elements are split over XLA's thread pool (InParallel); the call completes when the last range
+// is done. `nesterov` changes only the direction; it is bound so that one Kernel's options serve
+// this call and optadam.step's.
 template <typename T>
-ffi::Future Adam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+ffi::Future Adam(ffi::ThreadPool pool, bool /*nesterov*/, ffi::RemainingArgs args,
                  ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kAdamScalars);
   if (packed.has_error()) return Done(packed.error());
   AdamScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  std::vector<Leaf<T, 3, 3>> leaves;
+  std::vector<Leaf<T, 3, 2>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  auto update = nesterov ? UpdateRange<T, true> : UpdateRange<T, false>;
   return InParallel<T>(pool, std::move(leaves),
-                       [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
-                         Alias(b, 1, 1, begin, end);  // mu
-                         Alias(b, 2, 2, begin, end);  // nu
-                         update(s, b.in[0], b.out[1], b.out[2], b.out[0], begin, end);
+                       [s](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // mu
+                         Alias(b, 2, 1, begin, end);  // nu
+                         MomentsRange(s, b.in[0], b.out[0], b.out[1], begin, end);
                        });
 }
 
@@ -233,11 +235,11 @@ struct MixedLeaf {
   uint32_t seed[2] = {};  // array_seed of mu and of nu (their first elements' positions + seed)
 };
 
-// One element of scale_by_adam's update with stored moments: lifted, advanced, each rounded once
-// to its storage, the direction from the moments as stored.
-template <typename G, typename M, typename N, bool kNesterov>
-inline float MixedElement(const AdamScalars<float>& s, float g, typename M::Stored& mu_stored,
-                          typename N::Stored& nu_stored, const uint32_t seed[2], size_t i) {
+// One element's adam_moments with stored moments: lifted, advanced, each rounded once to its
+// storage, in place.
+template <typename G, typename M, typename N>
+inline void MixedMoments(const AdamScalars<float>& s, float g, typename M::Stored& mu_stored,
+                         typename N::Stored& nu_stored, const uint32_t seed[2], size_t i) {
   float mu = M::Lift(mu_stored), nu = N::Lift(nu_stored);
   // adam_moments. XLA:CPU (LLVM) contracts one of each moment's two products into an FMA: the
   // moment's, except where the moment is lifted from bfloat16 and g is not (then g's); measured
@@ -250,22 +252,26 @@ inline float MixedElement(const AdamScalars<float>& s, float g, typename M::Stor
               : MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));
   mu_stored = M::Round(mu, seed[0] + static_cast<uint32_t>(i));
   nu_stored = N::Round(nu, seed[1] + static_cast<uint32_t>(i));
+}
+
+// One element of scale_by_adam's update with stored moments: the moments as MixedMoments, the
+// direction from the moments as stored.
+template <typename G, typename M, typename N, bool kNesterov>
+inline float MixedElement(const AdamScalars<float>& s, float g, typename M::Stored& mu_stored,
+                          typename N::Stored& nu_stored, const uint32_t seed[2], size_t i) {
+  MixedMoments<G, M, N>(s, g, mu_stored, nu_stored, seed, i);
   return AdamDirection<float, kNesterov>(s, g, M::Lift(mu_stored), N::Lift(nu_stored));
 }
 
-// Elements [begin, end) of one leaf of the update: u over g (maybe one buffer), rounded to g's
-// storage G; moments in place. The scalars come by value: a float32 result written through a
-// pointer could otherwise alias them, and GCC then does not vectorize the loop.
-template <typename G, typename M, typename N, bool kNesterov>
-void MixedUpdateRange(AdamScalars<float> s, const MixedLeaf& b, size_t begin, size_t end) {
-  const auto* g = static_cast<const typename G::Stored*>(b.in[0]);
-  auto* u = static_cast<typename G::Stored*>(b.out[0]);
-  auto* __restrict mu = static_cast<typename M::Stored*>(b.out[1]);
-  auto* __restrict nu = static_cast<typename N::Stored*>(b.out[2]);
-  for (size_t i = begin; i < end; ++i) {
-    float g_t = G::Lift(g[i]);
-    u[i] = G::Round(MixedElement<G, M, N, kNesterov>(s, g_t, mu[i], nu[i], b.seed, i), 0);
-  }
+// Elements [begin, end) of one leaf of tx.update: the moments in place, as MomentsRange. The
+// scalars come by value: a float32 result written through a pointer could otherwise alias them,
+// and GCC then does not vectorize the loop.
+template <typename G, typename M, typename N>
+void MixedMomentsRange(AdamScalars<float> s, const MixedLeaf& b, size_t begin, size_t end) {
+  const auto* __restrict g = static_cast<const typename G::Stored*>(b.in[0]);
+  auto* __restrict mu = static_cast<typename M::Stored*>(b.out[0]);
+  auto* __restrict nu = static_cast<typename N::Stored*>(b.out[1]);
+  for (size_t i = begin; i < end; ++i) MixedMoments<G, M, N>(s, G::Lift(g[i]), mu[i], nu[i], b.seed, i);
 }
 
 // Elements [begin, end) of one leaf of a whole step, as update + apply_updates compute it. With
@@ -371,38 +377,35 @@ inline void AliasBytes(const void* in, void* out, size_t size, size_t begin, siz
 }
 
 // Operands: float32 scalars (AdamScalars, then the seeds), per leaf (g, mu, nu); results per leaf
-// (u, mu, nu) in their operands' dtypes, in place.
-ffi::Future AdamLowp(ffi::ThreadPool pool, bool nesterov, bool stochastic, ffi::RemainingArgs args,
-                     ffi::RemainingRets rets) {
-  if ((args.size() - 1) % 3 != 0 || args.size() - 1 != rets.size()) {
+// (mu, nu) in their operands' dtypes, in place (tx.update's: the direction stays jnp, as for Adam).
+ffi::Future AdamLowp(ffi::ThreadPool pool, bool /*nesterov*/, bool stochastic,
+                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if ((args.size() - 1) % 3 != 0 || (args.size() - 1) / 3 * 2 != rets.size()) {
     return Done(ffi::Error::InvalidArgument("optadam adam lowp kernel: operand count"));
   }
-  std::vector<MixedLeaf> leaves(rets.size() / 3);
+  std::vector<MixedLeaf> leaves(rets.size() / 2);
   auto packed = GetScalars<float>(args, kAdamScalars + (stochastic ? 2 * leaves.size() : 0));
   if (packed.has_error()) return Done(packed.error());
   AdamScalars<float> s;
   std::memcpy(&s, *packed, sizeof(s));
   std::vector<ffi::DataType> types;
   const float* seeds = stochastic ? *packed + kAdamScalars : nullptr;
-  if (ffi::Error error = GetMixedLeaves(args, rets, 3, 3, seeds, leaves, types); error.failure()) {
+  if (ffi::Error error = GetMixedLeaves(args, rets, 3, 2, seeds, leaves, types); error.failure()) {
     return Done(error);
   }
   if (leaves.empty()) return Done();
   using Range = void (*)(AdamScalars<float>, const MixedLeaf&, size_t, size_t);
   Range update = nullptr;
   ffi::Error chosen = WithStorage(types[0], types[1], types[2], stochastic, [&](auto g, auto m, auto v) {
-    using G = decltype(g);
-    using M = decltype(m);
-    using N = decltype(v);
-    update = nesterov ? MixedUpdateRange<G, M, N, true> : MixedUpdateRange<G, M, N, false>;
+    update = MixedMomentsRange<decltype(g), decltype(m), decltype(v)>;
     return ffi::Error::Success();
   });
   if (chosen.failure()) return Done(chosen);
-  size_t widths[3] = {ffi::ByteWidth(types[0]), ffi::ByteWidth(types[1]), ffi::ByteWidth(types[2])};
+  size_t widths[2] = {ffi::ByteWidth(types[1]), ffi::ByteWidth(types[2])};
   return InParallel<float>(pool, std::move(leaves),
                            [s, update, widths](const MixedLeaf& b, size_t begin, size_t end) {
-                             AliasBytes(b.in[1], b.out[1], widths[1], begin, end);  // mu
-                             AliasBytes(b.in[2], b.out[2], widths[2], begin, end);  // nu
+                             AliasBytes(b.in[1], b.out[0], widths[0], begin, end);  // mu
+                             AliasBytes(b.in[2], b.out[1], widths[1], begin, end);  // nu
                              update(s, b, begin, end);
                            });
 }

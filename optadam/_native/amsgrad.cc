@@ -22,42 +22,48 @@ inline T Maximum(T a, T b) {
   return (a > b || std::isnan(a)) ? a : b;
 }
 
-// One element of scale_by_amsgrad's update; the three moments updated in place, u_t returned.
+// amsgrad_moments: the three moments advanced in place.
 template <typename T>
-inline T AmsgradElement(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_max) {
+inline void AmsgradMoments(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_max) {
   mu = MulAdd(s.b1, mu, s.one_minus_b1 * g);        // m_t = β1 · m_{t-1} + (1 − β1) · g_t
   nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
   nu_max = Maximum(nu_max, nu / s.c2);              // v_max_t = max(v_max_{t-1}, v̂_t)
-  T mu_hat = mu / s.c1;                             // m̂_t = m_t / (1 − β1^t)
+}
+
+// One element of scale_by_amsgrad's update; the three moments updated in place, u_t returned.
+template <typename T>
+inline T AmsgradElement(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_max) {
+  AmsgradMoments(s, g, mu, nu, nu_max);
+  T mu_hat = mu / s.c1;  // m̂_t = m_t / (1 − β1^t)
   // u_t = m̂_t / (sqrt(v_max_t + ε_root) + ε)
   return mu_hat / (std::sqrt(nu_max + s.eps_root) + s.eps);
 }
 
-// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
-// adam.cc: no __restrict on them), the moments in place.
+// Elements [begin, end) of one leaf of tx.update: the moments alone, in place. The direction stays jnp (map_leaves computes it from the state this
+// returns), so XLA fuses it into the loop that consumes u_t (optax.apply_updates'); see adam.cc.
 template <typename T>
-void UpdateRange(const AmsgradScalars<T>& s, const T* g, T* __restrict mu, T* __restrict nu,
-                 T* __restrict nu_max, T* u, size_t begin, size_t end) {
-  for (size_t i = begin; i < end; ++i) u[i] = AmsgradElement(s, g[i], mu[i], nu[i], nu_max[i]);
+void MomentsRange(const AmsgradScalars<T>& s, const T* __restrict g, T* __restrict mu,
+                  T* __restrict nu, T* __restrict nu_max, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) AmsgradMoments(s, g[i], mu[i], nu[i], nu_max[i]);
 }
 
-// Operands: the scalars, then per leaf (g, mu, nu, nu_max); results per leaf (u, mu, nu, nu_max),
-// the moments in place. Split over XLA's thread pool (InParallel) as Adam is.
+// Operands: the scalars, then per leaf (g, mu, nu, nu_max); results per leaf (mu, nu, nu_max), in
+// place. Split over XLA's thread pool (InParallel) as Adam is.
 template <typename T>
 ffi::Future Amsgrad(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kAmsgradScalars);
   if (packed.has_error()) return Done(packed.error());
   AmsgradScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  std::vector<Leaf<T, 4, 4>> leaves;
+  std::vector<Leaf<T, 4, 3>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  auto update = UpdateRange<T>;  // called, not inlined: its __restrict lets the loop vectorize
+  auto update = MomentsRange<T>;  // called, not inlined: its __restrict lets the loop vectorize
   return InParallel<T>(pool, std::move(leaves),
-                       [s, update](const Leaf<T, 4, 4>& b, size_t begin, size_t end) {
-                         Alias(b, 1, 1, begin, end);  // mu
-                         Alias(b, 2, 2, begin, end);  // nu
-                         Alias(b, 3, 3, begin, end);  // nu_max
-                         update(s, b.in[0], b.out[1], b.out[2], b.out[3], b.out[0], begin, end);
+                       [s, update](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // mu
+                         Alias(b, 2, 1, begin, end);  // nu
+                         Alias(b, 3, 2, begin, end);  // nu_max
+                         update(s, b.in[0], b.out[0], b.out[1], b.out[2], begin, end);
                        });
 }
 
@@ -94,7 +100,7 @@ ffi::Future AmsgradStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
   std::memcpy(&s, *packed, sizeof(s));
   std::vector<Leaf<T, 5, 4>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  auto step = StepRange<T>;  // called, not inlined, as UpdateRange
+  auto step = StepRange<T>;  // called, not inlined, as MomentsRange
   return InParallel<T>(pool, std::move(leaves),
                        [s, step](const Leaf<T, 5, 4>& b, size_t begin, size_t end) {
                          Alias(b, 1, 0, begin, end);  // θ

@@ -13,38 +13,44 @@ struct MomentumScalars {
 };
 constexpr size_t kMomentumScalars = sizeof(MomentumScalars<float>) / sizeof(float);
 
+// scale_by_momentum's moments: `trace` advanced in place.
+template <typename T>
+inline void MomentumMoments(const MomentumScalars<T>& s, T g, T& trace) {
+  trace = MulAdd(s.decay, trace, g);  // trace_t = g_t + β · trace_{t-1}
+}
+
 // One element of scale_by_momentum's update; `trace` is updated in place, `u_t` returned.
 template <typename T, bool kNesterov>
 inline T MomentumElement(const MomentumScalars<T>& s, T g, T& trace) {
-  trace = MulAdd(s.decay, trace, g);  // trace_t = g_t + β · trace_{t-1}
+  MomentumMoments(s, g, trace);
   return kNesterov ? MulAdd(s.decay, trace, g)  // u_t = g_t + β · trace_t
                    : trace;                     // u_t = trace_t
 }
 
-// Elements [begin, end) of one leaf: the direction u_t over the gradient (g and u may be one
-// buffer, as in adam.cc), the trace in place.
-template <typename T, bool kNesterov>
-void MomentumRange(const MomentumScalars<T>& s, const T* g, T* __restrict trace,
-                   T* u, size_t begin, size_t end) {
-  for (size_t i = begin; i < end; ++i) u[i] = MomentumElement<T, kNesterov>(s, g[i], trace[i]);
+// Elements [begin, end) of one leaf of tx.update: the trace alone, in place. The direction stays jnp (map_leaves computes it from the state this
+// returns), so XLA fuses it into the loop that consumes u_t (optax.apply_updates'); see adam.cc.
+template <typename T>
+void MomentsRange(const MomentumScalars<T>& s, const T* __restrict g, T* __restrict trace,
+                  size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) MomentumMoments(s, g[i], trace[i]);
 }
 
-// Operands: the scalars, then per leaf (g, trace); results per leaf (u, trace), the trace in
-// place. Split over XLA's thread pool as adam.cc's kernels are (InParallel).
+// Operands: the scalars, then per leaf (g, trace); results per leaf (trace), in place. Split
+// over XLA's thread pool as adam.cc's kernels are (InParallel). `nesterov` changes only the
+// direction; it is bound so that one Kernel's options serve this call and optadam.step's.
 template <typename T>
-ffi::Future Momentum(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+ffi::Future Momentum(ffi::ThreadPool pool, bool /*nesterov*/, ffi::RemainingArgs args,
                      ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kMomentumScalars);
   if (packed.has_error()) return Done(packed.error());
   MomentumScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  std::vector<Leaf<T, 2, 2>> leaves;
+  std::vector<Leaf<T, 2, 1>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  auto update = nesterov ? MomentumRange<T, true> : MomentumRange<T, false>;
   return InParallel<T>(pool, std::move(leaves),
-                       [s, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
-                         Alias(b, 1, 1, begin, end);  // trace
-                         update(s, b.in[0], b.out[1], b.out[0], begin, end);
+                       [s](const Leaf<T, 2, 1>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // trace
+                         MomentsRange(s, b.in[0], b.out[0], begin, end);
                        });
 }
 

@@ -21,11 +21,17 @@ struct RadamScalars {
 };
 constexpr size_t kRadamScalars = sizeof(RadamScalars<float>) / sizeof(float);
 
+// adam_moments: `mu` and `nu` advanced in place.
+template <typename T>
+inline void RadamMoments(const RadamScalars<T>& s, T g, T& mu, T& nu) {
+  mu = MulAdd(s.b1, mu, s.one_minus_b1 * g);        // m_t = β1 · m_{t-1} + (1 − β1) · g_t
+  nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+}
+
 // One element of scale_by_radam's update; `mu` and `nu` updated in place, u_t returned.
 template <typename T, bool kNesterov, bool kRectify>
 inline T RadamElement(const RadamScalars<T>& s, T g, T& mu, T& nu) {
-  mu = MulAdd(s.b1, mu, s.one_minus_b1 * g);        // m_t = β1 · m_{t-1} + (1 − β1) · g_t
-  nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+  RadamMoments(s, g, mu, nu);
   T mu_hat = kNesterov
                  // NAdam: m̂_t = β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t)
                  ? MulAdd(s.b1, mu / s.c1_next, s.one_minus_b1 * (g / s.c1))
@@ -35,35 +41,31 @@ inline T RadamElement(const RadamScalars<T>& s, T g, T& mu, T& nu) {
   return s.r * mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = r_t · m̂_t / (…)
 }
 
-// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
-// adam.cc: no __restrict on them), the moments in place.
-template <typename T, bool kNesterov, bool kRectify>
-void UpdateRange(const RadamScalars<T>& s, const T* g, T* __restrict mu, T* __restrict nu, T* u,
-                 size_t begin, size_t end) {
-  for (size_t i = begin; i < end; ++i) {
-    u[i] = RadamElement<T, kNesterov, kRectify>(s, g[i], mu[i], nu[i]);
-  }
+// Elements [begin, end) of one leaf of tx.update: the moments alone, in place. The direction stays jnp (map_leaves computes it from the state this
+// returns), so XLA fuses it into the loop that consumes u_t (optax.apply_updates'); see adam.cc.
+template <typename T>
+void MomentsRange(const RadamScalars<T>& s, const T* __restrict g, T* __restrict mu,
+                  T* __restrict nu, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i) RadamMoments(s, g[i], mu[i], nu[i]);
 }
 
-// Operands: the scalars, then per leaf (g, mu, nu); results per leaf (u, mu, nu), mu and nu in
-// place. Split over XLA's thread pool (InParallel) as Adam is.
+// Operands: the scalars, then per leaf (g, mu, nu); results per leaf (mu, nu), in place. Split
+// over XLA's thread pool (InParallel) as Adam is. `nesterov` changes only the direction; it is
+// bound so that one Kernel's options serve this call and optadam.step's.
 template <typename T>
-ffi::Future Radam(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs args,
+ffi::Future Radam(ffi::ThreadPool pool, bool /*nesterov*/, ffi::RemainingArgs args,
                   ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kRadamScalars);
   if (packed.has_error()) return Done(packed.error());
   RadamScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  std::vector<Leaf<T, 3, 3>> leaves;
+  std::vector<Leaf<T, 3, 2>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  const bool rectify = s.rectify != T(0);  // the step's, not each element's: one loop per call
-  auto update = nesterov ? (rectify ? UpdateRange<T, true, true> : UpdateRange<T, true, false>)
-                         : (rectify ? UpdateRange<T, false, true> : UpdateRange<T, false, false>);
   return InParallel<T>(pool, std::move(leaves),
-                       [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
-                         Alias(b, 1, 1, begin, end);  // mu
-                         Alias(b, 2, 2, begin, end);  // nu
-                         update(s, b.in[0], b.out[1], b.out[2], b.out[0], begin, end);
+                       [s](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // mu
+                         Alias(b, 2, 1, begin, end);  // nu
+                         MomentsRange(s, b.in[0], b.out[0], b.out[1], begin, end);
                        });
 }
 

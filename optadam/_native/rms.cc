@@ -28,58 +28,63 @@ inline T NonNegative(T x) {
   return std::isnan(x) ? x : (x > T(0) ? x : T(0));
 }
 
+// scale_by_rms's moments: `nu`, and `mu` when centered, advanced in place.
+template <typename T, bool kCentered>
+inline void RmsMoments(const RmsScalars<T>& s, T g, T& mu, T& nu) {
+  nu = MulAdd(s.decay, nu, s.one_minus_decay * (g * g));  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
+  if (kCentered) mu = MulAdd(s.decay, mu, s.one_minus_decay * g);  // μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t
+}
+
 // One element of scale_by_rms's update; `mu` (centered only) and `nu` updated in place, u_t
 // returned.
 template <typename T, bool kCentered, bool kEpsInSqrt>
 inline T RmsElement(const RmsScalars<T>& s, T g, T& mu, T& nu) {
-  nu = MulAdd(s.decay, nu, s.one_minus_decay * (g * g));  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
+  RmsMoments<T, kCentered>(s, g, mu, nu);
   if (!kCentered) return Scale<T, kEpsInSqrt>(s, nu / s.c) * g;  // u_t = scale(ν_t / c) · g_t
-  mu = MulAdd(s.decay, mu, s.one_minus_decay * g);  // μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t
   T mu_hat = mu / s.c;
   // var = max(ν_t / c − |μ_t / c|², 0); u_t = scale(var) · g_t
   T var = NonNegative(MulAdd(-mu_hat, mu_hat, nu / s.c));
   return Scale<T, kEpsInSqrt>(s, var) * g;
 }
 
-// Elements [begin, end) of one leaf: u_t over the gradient (g and u may be one buffer, as in
-// adam.cc), the moments in place (mu is null unless centered).
-template <typename T, bool kCentered, bool kEpsInSqrt>
-void UpdateRange(const RmsScalars<T>& s, const T* g, T* __restrict mu,
-                 T* __restrict nu, T* u, size_t begin, size_t end) {
+// Elements [begin, end) of one leaf of tx.update: the moments alone, in place (mu is null unless
+// centered). The direction stays jnp (map_leaves computes it from the state this
+// returns), so XLA fuses it into the loop that consumes u_t (optax.apply_updates'); see adam.cc.
+template <typename T, bool kCentered>
+void MomentsRange(const RmsScalars<T>& s, const T* __restrict g, T* __restrict mu,
+                  T* __restrict nu, size_t begin, size_t end) {
   T unused = 0;
   for (size_t i = begin; i < end; ++i) {
-    u[i] = RmsElement<T, kCentered, kEpsInSqrt>(s, g[i], kCentered ? mu[i] : unused, nu[i]);
+    RmsMoments<T, kCentered>(s, g[i], kCentered ? mu[i] : unused, nu[i]);
   }
 }
 
 // Operands: the scalars, then per leaf (g, nu), or (g, mu, nu) when centered; results per leaf
-// (u, nu) or (u, mu, nu), the moments in place. Split over XLA's thread pool as Adam is.
+// (nu) or (mu, nu), in place. Split over XLA's thread pool as Adam is. `eps_in_sqrt` shapes only
+// the direction; it is bound so that one Kernel's options serve this call and optadam.step's.
 template <typename T>
-ffi::Future Rms(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, ffi::RemainingArgs args,
+ffi::Future Rms(ffi::ThreadPool pool, bool centered, bool /*eps_in_sqrt*/, ffi::RemainingArgs args,
                 ffi::RemainingRets rets) {
   auto packed = GetScalars<T>(args, kRmsScalars);
   if (packed.has_error()) return Done(packed.error());
   RmsScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  auto update = centered
-                    ? (eps_in_sqrt ? UpdateRange<T, true, true> : UpdateRange<T, true, false>)
-                    : (eps_in_sqrt ? UpdateRange<T, false, true> : UpdateRange<T, false, false>);
   if (centered) {
-    std::vector<Leaf<T, 3, 3>> leaves;
+    std::vector<Leaf<T, 3, 2>> leaves;
     if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
     return InParallel<T>(pool, std::move(leaves),
-                         [s, update](const Leaf<T, 3, 3>& b, size_t begin, size_t end) {
-                           Alias(b, 1, 1, begin, end);  // mu
-                           Alias(b, 2, 2, begin, end);  // nu
-                           update(s, b.in[0], b.out[1], b.out[2], b.out[0], begin, end);
+                         [s](const Leaf<T, 3, 2>& b, size_t begin, size_t end) {
+                           Alias(b, 1, 0, begin, end);  // mu
+                           Alias(b, 2, 1, begin, end);  // nu
+                           MomentsRange<T, true>(s, b.in[0], b.out[0], b.out[1], begin, end);
                          });
   }
-  std::vector<Leaf<T, 2, 2>> leaves;
+  std::vector<Leaf<T, 2, 1>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
   return InParallel<T>(pool, std::move(leaves),
-                       [s, update](const Leaf<T, 2, 2>& b, size_t begin, size_t end) {
-                         Alias(b, 1, 1, begin, end);  // nu
-                         update(s, b.in[0], nullptr, b.out[1], b.out[0], begin, end);
+                       [s](const Leaf<T, 2, 1>& b, size_t begin, size_t end) {
+                         Alias(b, 1, 0, begin, end);  // nu
+                         MomentsRange<T, false>(s, b.in[0], nullptr, b.out[0], begin, end);
                        });
 }
 
