@@ -639,17 +639,18 @@ def _kernel_call(
 ) -> list[list[jax.Array]]:
     """The kernel over ``leaves`` ([g, *others] each), differentiable by the XLA math.
 
-    ``xla_leaf(g, *others)`` is one leaf's results in jnp. It closes over the hyperparameters,
-    which may be tracers (a meta-gradient's): ``closure_convert`` makes them explicit operands, so
-    the derivative rule sees their tangents. Each leaf gives ``results`` arrays; ``in_place`` maps
-    a leaf's operand to the result it is updated into. ``call`` replaces ``_native.call`` (the
-    8-bit kernel's operands are not all shaped like the leaf).
+    ``xla_leaf(g, *others)`` is one leaf's results in jnp. It closes over the hyperparameters
+    and step counts, which may be tracers (a meta-gradient's, a ``scan``'s): every value it
+    closes over becomes an explicit operand (:func:`_closure_operands`), so the derivative rule
+    sees the floats' tangents and no tracer is captured. Each leaf gives ``results`` arrays;
+    ``in_place`` maps a leaf's operand to the result it is updated into. ``call`` replaces
+    ``_native.call`` (the 8-bit kernel's operands are not all shaped like the leaf).
     """
 
     def xla(leaves: list[list[Any]]) -> list[list[Any]]:
         return [xla_leaf(*leaf) for leaf in leaves]
 
-    reference, consts = jax.closure_convert(xla, leaves)
+    reference, consts = _closure_operands(xla, leaves)
 
     @jax.custom_jvp
     def run(consts: list[Any], scalars: jax.Array, leaves: list[list[Any]]) -> Any:
@@ -663,3 +664,22 @@ def _kernel_call(
         return jax.jvp(lambda c, x: reference(x, *c), (consts, leaves), (d_consts, d_leaves))
 
     return run(list(consts), scalars, leaves)
+
+
+def _closure_operands(fn: Callable[[Any], Any], example: Any) -> tuple[Callable[..., Any], list]:
+    """``fn`` as ``reference(x, *consts)`` and the values it closes over, of every dtype.
+
+    ``jax.closure_convert`` hoists only the values that may carry a tangent (floats) and leaves
+    an integer or boolean tracer in the closure, where it leaks once the derivative rule runs
+    under another trace (``grad`` of a ``scan`` whose step count the closure reads). Here every
+    closed-over value is an operand; integers get ``float0`` tangents, as any integer input.
+    """
+    closed = jax.make_jaxpr(fn, return_shape=True)(example)
+    jaxpr, shapes = closed
+    out_tree = jax.tree.structure(shapes)
+
+    def reference(x: Any, *consts: Any) -> Any:
+        flat = jax.core.eval_jaxpr(jaxpr.jaxpr, consts, *jax.tree.leaves(x))
+        return jax.tree.unflatten(out_tree, flat)
+
+    return reference, list(jaxpr.consts)

@@ -62,10 +62,8 @@ def radam_direction(
     """RAdam's step direction from the new moments: r_t times Adam's once ρ_t reaches the
     threshold, the bias-corrected momentum m̂_t before.
 
-    The comparison is made here, not passed in: the kernels' derivative rule closes over this
-    function, and ``jax.closure_convert`` lifts only floating-point values (ρ_t) out of a closure,
-    so a captured bool would leak from a ``scan``. XLA merges the comparisons of all leaves into
-    one."""
+    The comparison is made here, per leaf, from ρ_t; XLA merges the comparisons of all leaves
+    into one."""
     mu_hat = adam_mu_hat(g, mu, b1, c1, c1_next, nesterov)  # m̂_t
     nu_hat = nu / c2  # v̂_t = v_t / (1 − β2^t)
     # u_t = r_t · m̂_t / (sqrt(v̂_t + ε_root) + ε) once ρ_t >= threshold, else m̂_t

@@ -22,6 +22,7 @@ from harness import assert_same, assert_step_close, needs_kernels, random_tree, 
 from jax import lax
 
 import optadam
+from optadam._leafwise import Kernel, _kernel_call
 
 SHAPES = {"s": (), "one": (1,), "odd": (7,), "w": (33, 5), "t": (4, 3, 2)}
 STEPS = 12
@@ -407,3 +408,36 @@ def test_many_leaves_are_cut_into_calls_of_leaves_per_call_with_the_same_results
     calls = -(-len(shapes) // optadam._native.LEAVES_PER_CALL)
     assert calls == 3 and traced.count("optadam_adam_f32") == calls
     assert_same((u_k, s_k), (u_x, s_x))
+
+
+@needs_kernels
+def test_kernel_derivative_rule_takes_integer_tracers_it_closes_over():
+    """A kernel call whose XLA math reads an integer tracer (a ``scan``'s step count), traced in
+    the scan and differentiated after: the count is an operand of the derivative rule, not a
+    captured tracer (``jax.closure_convert`` would leave it captured and it would leak)."""
+    optadam.set_native_enabled(True)
+    beta = 0.9
+    kernel = Kernel("momentum", (beta,), (("nesterov", False),))
+
+    def trace_update(g: jax.Array, trace: jax.Array, k: jax.Array) -> jax.Array:
+        def xla(g: Any, trace: Any) -> list[Any]:  # the kernel's math, gated on the count
+            return [jnp.where(k >= 0, beta * trace + g, trace)]
+
+        scalars = jnp.asarray([beta], jnp.float32)
+        leaves = [[g, trace]]
+        ((new,),) = _kernel_call("optadam_momentum_f32", kernel, xla, scalars, leaves, {1: 0}, 1)
+        return new
+
+    def loss(p: jax.Array) -> jax.Array:
+        def body(carry: Any, _: Any) -> Any:
+            trace, k = carry
+            return (trace_update(2.0 * p, trace, k), k + 1), None
+
+        (trace, _), _ = lax.scan(body, (jnp.zeros_like(p), jnp.int32(0)), None, length=3)
+        return jnp.sum(trace * trace)
+
+    p = jnp.asarray(np.random.default_rng(12).normal(size=7), jnp.float32)
+    assert "optadam_momentum_f32" in str(jax.make_jaxpr(loss)(p))
+    # trace_3 = 2p · (1 + β + β²): d/dp of its squared sum is 8 · (1 + β + β²)² · p
+    expected = 8 * (1 + beta + beta**2) ** 2 * np.asarray(p, np.float64)
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(loss))(p)), expected, rtol=1e-6)
