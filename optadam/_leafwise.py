@@ -588,7 +588,7 @@ def _kernel_fits(g: Any, s: list[Any], scalars: tuple[Any, ...]) -> bool:
             return False
         if jnp.shape(x) != jnp.shape(g):
             return False
-    return all(_on_one_cpu(x) for x in (g, *s))
+    return _placed_alike(g, *s)
 
 
 def _lowp_fits(kernel: Kernel, g: Any, s: list[Any], step: bool) -> bool:
@@ -608,19 +608,46 @@ def _lowp_fits(kernel: Kernel, g: Any, s: list[Any], step: bool) -> bool:
         wanted = (dtype,) if step and k == 0 else _LOWP_MOMENTS
         if jnp.dtype(jnp.result_type(x)) not in wanted:
             return False
-    return all(_on_one_cpu(x) for x in (g, *s))
+    return _placed_alike(g, *s)
+
+
+def _placed_alike(*arrays: Any) -> bool:
+    """One leaf's operands, each on one CPU device or a ``jit`` tracer (see :func:`_on_one_cpu`),
+    and the tracers split over Explicit mesh axes all split alike (the kernel then runs under
+    ``shard_map``, :func:`_explicit_specs`)."""
+    if not all(_on_one_cpu(x) for x in arrays):
+        return False
+    return len({_explicit_spec(x) for x in arrays}) == 1
+
+
+def _explicit_spec(x: Any) -> Any:
+    """The ``PartitionSpec`` of a ``jit`` tracer split over Explicit mesh axes, else None."""
+    if not isinstance(x, jax.core.Tracer):
+        return None
+    spec = getattr(jax.typeof(x).sharding, "spec", None)
+    return spec if spec is not None and any(axis is not None for axis in spec) else None
+
+
+def _explicit_specs(leaves: list[list[Any]]) -> tuple[Any, list[Any]] | None:
+    """The mesh and each leaf's ``PartitionSpec`` where some leaf is split over Explicit axes
+    (all of a leaf's operands are, alike: :func:`_placed_alike`), else None."""
+    specs = [_explicit_spec(leaf[0]) for leaf in leaves]
+    sharded = [leaf[0] for leaf, spec in zip(leaves, specs, strict=True) if spec is not None]
+    if not sharded:
+        return None
+    return jax.typeof(sharded[0]).sharding.mesh, [spec or PartitionSpec() for spec in specs]
 
 
 def _on_one_cpu(x: Any) -> bool:
-    """An array on one CPU device, or a ``jit`` tracer not split over mesh axes.
+    """An array on one CPU device, or a ``jit`` tracer.
 
     Under ``jit`` over Auto mesh axes the tracer does not say how it is sharded; XLA's sharding
     propagation then keeps the kernel's operands as they are, one call per shard (tested in
-    tests/test_native.py: no all-gather).
+    tests/test_native.py: no all-gather). Over Explicit axes the tracer's type says it, and the
+    kernel runs under ``shard_map`` on each device's shards (:func:`_kernel_call`).
     """
     if isinstance(x, jax.core.Tracer):
-        spec = getattr(jax.typeof(x).sharding, "spec", ())
-        return not any(axis is not None for axis in spec)
+        return True
     if isinstance(x, jax.Array):
         devices = list(x.sharding.device_set)
         return len(devices) == 1 and getattr(devices[0], "platform", None) == "cpu"
@@ -652,11 +679,25 @@ def _kernel_call(
 
     reference, consts = _closure_operands(xla, leaves)
 
+    explicit = _explicit_specs(leaves)
+
     @jax.custom_jvp
     def run(consts: list[Any], scalars: jax.Array, leaves: list[list[Any]]) -> Any:
         del consts  # they are the scalars' sources, seen by the derivative rule only
         run_kernel = _native.call if call is None else call
-        return run_kernel(name, scalars, leaves, results, in_place, **dict(kernel.options))
+
+        def on(scalars: jax.Array, leaves: list[list[Any]]) -> Any:
+            return run_kernel(name, scalars, leaves, results, in_place, **dict(kernel.options))
+
+        if explicit is None:
+            return on(scalars, leaves)
+        # split over Explicit axes: the kernel is element-wise, so each device runs it on its
+        # shards as they are (no all-gather; results sharded like their leaf)
+        mesh, specs = explicit
+        per_leaf = [[spec] * len(leaf) for spec, leaf in zip(specs, leaves, strict=True)]
+        in_specs = (PartitionSpec(), per_leaf)
+        out_specs = [[spec] * results for spec in specs]
+        return jax.shard_map(on, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(scalars, leaves)
 
     @run.defjvp
     def run_jvp(primals: Any, tangents: Any) -> Any:

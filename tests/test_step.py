@@ -241,12 +241,13 @@ def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
 
 
 @needs_kernels
-def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_device():
-    """The step kernel is element-wise: over a sharded mesh it runs on each device's shards."""
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_device(axis_type):
+    """The step kernel is element-wise: over a sharded mesh it runs on each device's shards --
+    over Auto axes as XLA's partitioner leaves it (custom_partitioning), over Explicit axes, whose
+    tracers carry their sharding, under shard_map."""
     optadam.set_native_enabled(True)
-    # Auto axes: under jit the tracers' types then carry no sharding (Explicit-axis tracers take
-    # the XLA path, see optadam._leafwise._on_one_cpu)
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
     specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
     rng = np.random.default_rng(9)
     shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
@@ -273,3 +274,48 @@ def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_
         alone, alone_state = step(params, tx.init(params), grads)
         assert_same(new, alone)
         assert_same(new_state, alone_state)
+
+
+@needs_kernels
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_sharded_kernel_update_has_no_all_gather_keeps_shardings_and_is_the_xla_path(axis_type):
+    """tx.update's kernels on sharded params: one kernel call on each device's shards, shardings
+    kept, the sharded XLA path's bits."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
+    rng = np.random.default_rng(10)
+    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
+    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
+
+    def place(tree: dict) -> dict:
+        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+
+    makes = {
+        "optadam_adam_f32": ONE_PASS["adamw"],
+        "optadam_momentum_f32": lambda: optadam.sgd(0.1, momentum=0.9),
+        "optadam_rms_f32": lambda: optadam.rmsprop(0.1, centered=True),
+    }
+    for kernel, make in makes.items():
+        runs = []
+        for native in (True, False):
+            optadam.set_native_enabled(native)
+            tx = make()
+
+            def step(p: Any, s: Any, g: Any, tx: Any = tx) -> Any:
+                u, s = tx.update(g, s, p)
+                return optax.apply_updates(p, u), s
+
+            p, g = place(params), place(grads)
+            s = tx.init(p)
+            jitted = jax.jit(step)
+            compiled = jitted.lower(p, s, g).compile().as_text()
+            assert (kernel in compiled) == native and "all-gather" not in compiled
+            for _ in range(3):
+                p, s = jitted(p, s, g)
+            runs.append((p, s))
+        (p, s), (p_xla, s_xla) = runs
+        assert_same((p, s), (p_xla, s_xla))
+        for k in specs:
+            assert p[k].sharding.is_equivalent_to(NamedSharding(mesh, specs[k]), 1 + (k == "w"))
+        for leaf, like in zip(jax.tree.leaves(s), jax.tree.leaves(s_xla), strict=True):
+            assert leaf.sharding.is_equivalent_to(like.sharding, leaf.ndim)
