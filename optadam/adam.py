@@ -602,7 +602,8 @@ def amsgrad(
         scale_by_learning_rate(learning_rate),
     )
     corrections = (bias_correction_mu, bias_correction_nu)
-    return with_one_pass(tx, _amsgrad_one_pass(b1, b2, eps, eps_root, corrections, learning_rate))
+    one_pass = _amsgrad_one_pass(b1, b2, eps, eps_root, corrections, learning_rate)
+    return with_one_pass(tx, one_pass, takes_clip=True)
 
 
 def _amsgrad_one_pass(
@@ -617,9 +618,12 @@ def _amsgrad_one_pass(
     native step kernel with the chain's scalars, each state advanced as its transformation
     advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
     bfloat16 state, kernels off (``optadam._leafwise.native_step``). ``corrections``:
-    ``(bias_correction_mu, bias_correction_nu)``."""
+    ``(bias_correction_mu, bias_correction_nu)``. A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
 
-    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    def one_pass(
+        grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
+    ) -> tuple[Any, Any] | None:
         if not isinstance(state, tuple) or len(state) != 2:
             return None
         amsgrad_state, lr_state = state
@@ -632,9 +636,12 @@ def _amsgrad_one_pass(
             lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
         else:
             minus_lr = -learning_rate
-        kernel = Kernel("amsgrad", (*amsgrad_scalars(b1, b2, eps, eps_root, c1, c2), minus_lr))
+        scalars = amsgrad_scalars(b1, b2, eps, eps_root, c1, c2)
+        kernel = Kernel("amsgrad", (*clipping.kernel_scalars(clip), *scalars, minus_lr))
 
         def xla(g: Any, p: Any, mu: Any, nu: Any, nu_max: Any) -> list[Any]:
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
             mu, nu, nu_max = amsgrad_moments(g, mu, nu, nu_max, b1, b2, c2)
             u = amsgrad_direction(mu, nu_max, eps, eps_root, c1)
             return [(p + u * minus_lr).astype(p.dtype), mu, nu, nu_max]

@@ -10,8 +10,9 @@ Networks") rescales the whole gradient when its norm over all leaves reaches ``c
 :func:`clip_by_global_norm` is ``optax.clip_by_global_norm``: the same state (``optax.EmptyState``)
 and the same numbers. :func:`chain` is ``optax.chain`` -- same state, same updates -- that can also
 see what it chains: ``chain(clip_by_global_norm(c), tx)`` with ``tx`` an optimizer whose
-``optadam.step`` is one native pass (``adam``, ``nadam``, unmasked ``adamw``, ``sgd`` with
-``momentum``, ``momentum``) is one pass too. The norm is one XLA reduction over the gradients, as
+``optadam.step`` is one native pass (``adam``, ``nadam``, unmasked ``adamw``, ``amsgrad``,
+``radam``, ``rmsprop`` with or without ``momentum``, ``sgd`` with ``momentum``, ``momentum``) is one
+pass too. The norm is one XLA reduction over the gradients, as
 optax computes it; whether to clip, ‖g‖ and c go to the optimizer's step kernel as runtime
 scalars, and the kernel computes ``g'`` from each element as it reads it, instead of XLA writing
 ``g'`` out and reading it back. Any other chain is ``update`` + ``apply_updates``.

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _quantize
+from optadam import _checks, _quantize, clipping
 from optadam._leafwise import Kernel, map_leaves, native_step, safe_increment, with_one_pass
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.adam import (
@@ -198,7 +198,7 @@ def radam(
         scale_by_learning_rate(learning_rate),
     )
     one_pass = _radam_one_pass(b1, b2, eps, eps_root, threshold, nesterov, learning_rate)
-    return with_one_pass(tx, one_pass)
+    return with_one_pass(tx, one_pass, takes_clip=True)
 
 
 def _radam_one_pass(
@@ -213,9 +213,12 @@ def _radam_one_pass(
     """``optadam.step``'s one pass for ``chain(scale_by_radam, scale_by_learning_rate)``: the
     native step kernel with the chain's scalars, each state advanced as its transformation
     advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
-    bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+    bfloat16 state, kernels off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
 
-    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    def one_pass(
+        grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
+    ) -> tuple[Any, Any] | None:
         if not isinstance(state, tuple) or len(state) != 2:
             return None
         radam_state, lr_state = state
@@ -230,9 +233,12 @@ def _radam_one_pass(
         else:
             minus_lr = -learning_rate
         scalars = radam_scalars(b1, b2, eps, eps_root, t, rho, threshold, r)
-        kernel = Kernel("radam", (*scalars, minus_lr), (("nesterov", nesterov),))
+        step_scalars = (*clipping.kernel_scalars(clip), *scalars, minus_lr)
+        kernel = Kernel("radam", step_scalars, (("nesterov", nesterov),))
 
         def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
             mu, nu = adam_moments(g, mu, nu, b1, b2)
             u = radam_direction(
                 g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rho, threshold, r

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes, _quantize
+from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
     abs_sq,
@@ -270,7 +270,7 @@ def rmsprop(
     one_pass = _rms_one_pass(
         decay, eps, eps_in_sqrt, bias_correction, centered, learning_rate, momentum, nesterov
     )
-    return with_one_pass(tx, one_pass)
+    return with_one_pass(tx, one_pass, takes_clip=True)
 
 
 def _rms_one_pass(
@@ -287,9 +287,12 @@ def _rms_one_pass(
     the trace ``identity`` or ``scale_by_momentum``: the native step kernel (``rms_step``, or
     ``rms_momentum_step`` with a trace) with the chain's scalars, each state advanced as its
     transformation advances it; None (so ``update`` + ``apply_updates``) where it does not apply
-    -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``)."""
+    -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
 
-    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    def one_pass(
+        grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
+    ) -> tuple[Any, Any] | None:
         if not isinstance(state, tuple) or len(state) != 3:
             return None
         rms_state, lr_state, trace_state = state
@@ -304,7 +307,7 @@ def _rms_one_pass(
             lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
         else:
             minus_lr = -learning_rate
-        scalars = (*rms_scalars(decay, eps, c), minus_lr)
+        scalars = (*clipping.kernel_scalars(clip), *rms_scalars(decay, eps, c), minus_lr)
         options = rms_options(centered, eps_in_sqrt)
         kernel = Kernel("rms", scalars, options)
         if momentum is not None:
@@ -312,6 +315,8 @@ def _rms_one_pass(
             kernel = Kernel("rms_momentum", scalars, options)
 
         def xla(g: Any, p: Any, *moments: Any) -> list[Any]:
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
             nu = rms_nu(g, moments[1 if centered else 0], decay)
             mu = rms_mu(g, moments[0], decay) if centered else None
             u = rms_direction(g, mu, nu, c, eps, eps_in_sqrt)

@@ -23,7 +23,7 @@ def step(
     pass: one kernel call per dtype
     reads the gradients and writes the params and the moments in place, with no update buffer, as
     ``update`` + ``apply_updates`` would compute them (the learning rate and decay are runtime
-    operands, so schedules do not recompile). The Adam family and Momentum keep the pass after a
+    operands, so schedules do not recompile). Each of these but ``adagrad`` keeps the pass after a
     global-norm clip, ``optadam.chain(optadam.clip_by_global_norm(c), tx)``; ``adam``, ``nadam``
     and ``adamw`` with ``state_bits=8`` and float32 params take it block by block, writing the
     codes and scales in place. Anything else -- other transformations, wrappers around these,

@@ -43,14 +43,19 @@ ONE_PASS = {
     "sgd_momentum": lambda: optadam.sgd(0.1, momentum=0.9),
     "sgd_nesterov": lambda: optadam.sgd(optax.linear_schedule(0.1, 0.01, 6), 0.9, nesterov=True),
     "momentum": lambda: optadam.momentum(0.05, beta=0.95),
+    "amsgrad": lambda: optadam.amsgrad(0.1),
+    "radam": lambda: optadam.radam(optax.linear_schedule(0.1, 0.01, 10), nesterov=True),
+    "rmsprop": lambda: optadam.rmsprop(0.01, centered=True),
+    "rmsprop_momentum": lambda: optadam.rmsprop(0.01, momentum=0.9, eps_in_sqrt=False),
 }
 STEP_KERNEL = {"adam": "optadam_adam_step_f", "momentum": "optadam_momentum_step_f"}
-# the Adam family's direction divides; the kernel's may differ from XLA's rewrites by a few ulp
-DIVIDES = {"adam", "nadam", "adamw", "adamw_schedules"}
+STEP_KERNEL |= {"amsgrad": "optadam_amsgrad_step_f", "radam": "optadam_radam_step_f"}
+STEP_KERNEL |= {"rmsprop": "optadam_rms_step_f", "rmsprop_momentum": "optadam_rms_momentum_step_f"}
+# these directions divide (or take XLA's rsqrt); the kernel's may differ from XLA's rewrites by a
+# few ulp
+DIVIDES = {"adam", "nadam", "adamw", "adamw_schedules", "amsgrad", "radam", "rmsprop"}
 # others: the chain is optax.chain, and optadam.step its update + apply_updates
 TWO_CALLS = {
-    "rmsprop": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.01)),
-    "amsgrad": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optadam.amsgrad(0.1)),
     "optax_adam": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optax.adam(0.1)),
     "optax_clip": lambda: optadam.chain(optax.clip_by_global_norm(1.0), optadam.adam(0.1)),
     "three_parts": lambda: optadam.chain(
@@ -82,6 +87,8 @@ def clipped(name: str, max_norm: float = 30.0) -> Callable[[], Any]:
 
 
 def kernel_of(name: str) -> str:
+    if name in STEP_KERNEL:
+        return STEP_KERNEL[name]
     return STEP_KERNEL["momentum" if "momentum" in name or "sgd" in name else "adam"]
 
 

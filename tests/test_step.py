@@ -63,8 +63,8 @@ TWO_CALLS = {
     "adam_optax_chain_clipped": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optadam.adam(0.1)
     ),
-    "rmsprop_clipped": lambda: optadam.chain(
-        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1)
+    "rmsprop_clipped_8bit": lambda: optadam.chain(
+        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1, state_bits=8)
     ),
 }
 

@@ -67,25 +67,27 @@ ffi::Future Amsgrad(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
                        });
 }
 
-// optadam.step's scalars: scale_by_amsgrad's, then −η (the sign as scale_by_learning_rate
-// applies it).
+// optadam.step's scalars: the global-norm clip in front (leaves.h; "no clip" without one),
+// scale_by_amsgrad's, then −η (the sign as scale_by_learning_rate applies it).
 template <typename T>
 struct StepScalars {
+  ClipScalars<T> clip;
   AmsgradScalars<T> amsgrad;
   T minus_lr;
 };
 constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
 
 // Elements [begin, end) of one leaf of a whole step, as chain(scale_by_amsgrad,
-// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
-// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the moments
-// are written in place; no update buffer.
-template <typename T>
+// scale_by_learning_rate) followed by optax.apply_updates computes it: g_t clipped (with kClip),
+// u_t, then (−η)·u_t, then θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd
+// does here. θ and the moments are written in place; no update buffer.
+template <typename T, bool kClip>
 void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
                T* __restrict mu, T* __restrict nu, T* __restrict nu_max, size_t begin,
                size_t end) {
   for (size_t i = begin; i < end; ++i) {
-    T u = AmsgradElement(s.amsgrad, g[i], mu[i], nu[i], nu_max[i]);
+    T g_t = Clipped<T, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    T u = AmsgradElement(s.amsgrad, g_t, mu[i], nu[i], nu_max[i]);
     theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
   }
 }
@@ -100,7 +102,8 @@ ffi::Future AmsgradStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
   std::memcpy(&s, *packed, sizeof(s));
   std::vector<Leaf<T, 5, 4>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  auto step = StepRange<T>;  // called, not inlined, as MomentsRange
+  // called, not inlined, as MomentsRange; whether to clip is known only now, from this step's norm
+  auto step = s.clip.clip != 0 ? StepRange<T, true> : StepRange<T, false>;
   return InParallel<T>(pool, std::move(leaves),
                        [s, step](const Leaf<T, 5, 4>& b, size_t begin, size_t end) {
                          Alias(b, 1, 0, begin, end);  // θ

@@ -69,24 +69,26 @@ ffi::Future Radam(ffi::ThreadPool pool, bool /*nesterov*/, ffi::RemainingArgs ar
                        });
 }
 
-// optadam.step's scalars: scale_by_radam's, then −η (the sign as scale_by_learning_rate applies
-// it).
+// optadam.step's scalars: the global-norm clip in front (leaves.h; "no clip" without one),
+// scale_by_radam's, then −η (the sign as scale_by_learning_rate applies it).
 template <typename T>
 struct StepScalars {
+  ClipScalars<T> clip;
   RadamScalars<T> radam;
   T minus_lr;
 };
 constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
 
 // Elements [begin, end) of one leaf of a whole step, as chain(scale_by_radam,
-// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
-// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the moments
-// are written in place; no update buffer.
-template <typename T, bool kNesterov, bool kRectify>
+// scale_by_learning_rate) followed by optax.apply_updates computes it: g_t clipped (with kClip),
+// u_t, then (−η)·u_t, then θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd
+// does here. θ and the moments are written in place; no update buffer.
+template <typename T, bool kNesterov, bool kRectify, bool kClip>
 void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
                T* __restrict mu, T* __restrict nu, size_t begin, size_t end) {
   for (size_t i = begin; i < end; ++i) {
-    T u = RadamElement<T, kNesterov, kRectify>(s.radam, g[i], mu[i], nu[i]);
+    T g_t = Clipped<T, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    T u = RadamElement<T, kNesterov, kRectify>(s.radam, g_t, mu[i], nu[i]);
     theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
   }
 }
@@ -101,9 +103,14 @@ ffi::Future RadamStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs ar
   std::memcpy(&s, *packed, sizeof(s));
   std::vector<Leaf<T, 4, 3>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
-  const bool rectify = s.radam.rectify != T(0);
-  auto step = nesterov ? (rectify ? StepRange<T, true, true> : StepRange<T, true, false>)
-                       : (rectify ? StepRange<T, false, true> : StepRange<T, false, false>);
+  using Range = void (*)(const StepScalars<T>&, const T*, T*, T*, T*, size_t, size_t);
+  // [nesterov][rectify][clip]: the step's, not each element's (one loop per call)
+  static constexpr Range kRanges[2][2][2] = {
+      {{StepRange<T, false, false, false>, StepRange<T, false, false, true>},
+       {StepRange<T, false, true, false>, StepRange<T, false, true, true>}},
+      {{StepRange<T, true, false, false>, StepRange<T, true, false, true>},
+       {StepRange<T, true, true, false>, StepRange<T, true, true, true>}}};
+  Range step = kRanges[nesterov][s.radam.rectify != T(0)][s.clip.clip != 0];
   return InParallel<T>(pool, std::move(leaves),
                        [s, step](const Leaf<T, 4, 3>& b, size_t begin, size_t end) {
                          Alias(b, 1, 0, begin, end);  // θ

@@ -88,24 +88,27 @@ ffi::Future Rms(ffi::ThreadPool pool, bool centered, bool /*eps_in_sqrt*/, ffi::
                        });
 }
 
-// optadam.step's scalars: scale_by_rms's, then −η (the sign as scale_by_learning_rate applies it).
+// optadam.step's scalars: the global-norm clip in front (leaves.h; "no clip" without one),
+// scale_by_rms's, then −η (the sign as scale_by_learning_rate applies it).
 template <typename T>
 struct StepScalars {
+  ClipScalars<T> clip;
   RmsScalars<T> rms;
   T minus_lr;
 };
 constexpr size_t kStepScalars = sizeof(StepScalars<float>) / sizeof(float);
 
 // Elements [begin, end) of one leaf of a whole step, as chain(scale_by_rms,
-// scale_by_learning_rate) followed by optax.apply_updates computes it: u_t, then (−η)·u_t, then
-// θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd does here. θ and the moments
-// are written in place; no update buffer.
-template <typename T, bool kCentered, bool kEpsInSqrt>
+// scale_by_learning_rate) followed by optax.apply_updates computes it: g_t clipped (with kClip),
+// u_t, then (−η)·u_t, then θ + that, which XLA:CPU fuses and contracts into one FMA as MulAdd
+// does here. θ and the moments are written in place; no update buffer.
+template <typename T, bool kCentered, bool kEpsInSqrt, bool kClip>
 void StepRange(const StepScalars<T>& s, const T* __restrict g, T* __restrict theta,
                T* __restrict mu, T* __restrict nu, size_t begin, size_t end) {
   T unused = 0;
   for (size_t i = begin; i < end; ++i) {
-    T u = RmsElement<T, kCentered, kEpsInSqrt>(s.rms, g[i], kCentered ? mu[i] : unused, nu[i]);
+    T g_t = Clipped<T, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    T u = RmsElement<T, kCentered, kEpsInSqrt>(s.rms, g_t, kCentered ? mu[i] : unused, nu[i]);
     theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
   }
 }
@@ -119,8 +122,14 @@ ffi::Future RmsStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
   if (packed.has_error()) return Done(packed.error());
   StepScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
-  auto step = centered ? (eps_in_sqrt ? StepRange<T, true, true> : StepRange<T, true, false>)
-                       : (eps_in_sqrt ? StepRange<T, false, true> : StepRange<T, false, false>);
+  using Range = void (*)(const StepScalars<T>&, const T*, T*, T*, T*, size_t, size_t);
+  // [centered][eps_in_sqrt][clip]; whether to clip is known only now, from this step's norm
+  static constexpr Range kRanges[2][2][2] = {
+      {{StepRange<T, false, false, false>, StepRange<T, false, false, true>},
+       {StepRange<T, false, true, false>, StepRange<T, false, true, true>}},
+      {{StepRange<T, true, false, false>, StepRange<T, true, false, true>},
+       {StepRange<T, true, true, false>, StepRange<T, true, true, true>}}};
+  Range step = kRanges[centered][eps_in_sqrt][s.clip.clip != 0];
   if (centered) {
     std::vector<Leaf<T, 4, 3>> leaves;
     if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
@@ -154,13 +163,14 @@ constexpr size_t kMomentumStepScalars = sizeof(MomentumStepScalars<float>) / siz
 // scale_by_learning_rate, scale_by_momentum) followed by optax.apply_updates computes it: u_t,
 // then v_t = (−η)·u_t, then momentum.cc's trace and direction over v_t, then θ + that (a plain
 // add: no multiply left to contract). θ, the moments and the trace are written in place.
-template <typename T, bool kCentered, bool kEpsInSqrt, bool kNesterov>
+template <typename T, bool kCentered, bool kEpsInSqrt, bool kNesterov, bool kClip>
 void MomentumStepRange(const MomentumStepScalars<T>& s, const T* __restrict g,
                        T* __restrict theta, T* __restrict mu, T* __restrict nu,
                        T* __restrict trace, size_t begin, size_t end) {
   T unused = 0;
   for (size_t i = begin; i < end; ++i) {
-    T u = RmsElement<T, kCentered, kEpsInSqrt>(s.step.rms, g[i], kCentered ? mu[i] : unused,
+    T g_t = Clipped<T, kClip>(s.step.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
+    T u = RmsElement<T, kCentered, kEpsInSqrt>(s.step.rms, g_t, kCentered ? mu[i] : unused,
                                                nu[i]);
     T v = u * s.step.minus_lr;                        // v_t = u_t·(−η)
     trace[i] = MulAdd(s.beta, trace[i], v);           // trace_t = v_t + β · trace_{t-1}
@@ -172,12 +182,19 @@ void MomentumStepRange(const MomentumStepScalars<T>& s, const T* __restrict g,
 
 // The loop for these switches: one template instance each, so no branch inside the loop.
 template <typename T, bool kCentered>
-auto MomentumStepFor(bool eps_in_sqrt, bool nesterov) {
-  return eps_in_sqrt
-             ? (nesterov ? MomentumStepRange<T, kCentered, true, true>
-                         : MomentumStepRange<T, kCentered, true, false>)
-             : (nesterov ? MomentumStepRange<T, kCentered, false, true>
-                         : MomentumStepRange<T, kCentered, false, false>);
+auto MomentumStepFor(bool eps_in_sqrt, bool nesterov, bool clip) {
+  using Range = void (*)(const MomentumStepScalars<T>&, const T*, T*, T*, T*, T*, size_t, size_t);
+  // [eps_in_sqrt][nesterov][clip]
+  static constexpr Range kRanges[2][2][2] = {
+      {{MomentumStepRange<T, kCentered, false, false, false>,
+        MomentumStepRange<T, kCentered, false, false, true>},
+       {MomentumStepRange<T, kCentered, false, true, false>,
+        MomentumStepRange<T, kCentered, false, true, true>}},
+      {{MomentumStepRange<T, kCentered, true, false, false>,
+        MomentumStepRange<T, kCentered, true, false, true>},
+       {MomentumStepRange<T, kCentered, true, true, false>,
+        MomentumStepRange<T, kCentered, true, true, true>}}};
+  return kRanges[eps_in_sqrt][nesterov][clip];
 }
 
 // Operands: the scalars, then per leaf (g, θ, nu, trace), or (g, θ, mu, nu, trace) when centered;
@@ -190,7 +207,7 @@ ffi::Future RmsMomentumStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqr
   MomentumStepScalars<T> s;
   std::memcpy(&s, *packed, sizeof(s));
   if (centered) {
-    auto step = MomentumStepFor<T, true>(eps_in_sqrt, nesterov);
+    auto step = MomentumStepFor<T, true>(eps_in_sqrt, nesterov, s.step.clip.clip != 0);
     std::vector<Leaf<T, 5, 4>> leaves;
     if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
     return InParallel<T>(pool, std::move(leaves),
@@ -202,7 +219,7 @@ ffi::Future RmsMomentumStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqr
                            step(s, b.in[0], b.out[0], b.out[1], b.out[2], b.out[3], begin, end);
                          });
   }
-  auto step = MomentumStepFor<T, false>(eps_in_sqrt, nesterov);
+  auto step = MomentumStepFor<T, false>(eps_in_sqrt, nesterov, s.step.clip.clip != 0);
   std::vector<Leaf<T, 4, 3>> leaves;
   if (ffi::Error error = GetLeaves(args, rets, leaves); error.failure()) return Done(error);
   return InParallel<T>(pool, std::move(leaves),
