@@ -240,6 +240,21 @@ def test_none_leaves_in_gradients_params_and_state_keep_the_one_pass():
         assert_same(jax.tree.leaves(s_one), jax.tree.leaves(s_arrays))  # (None: no leaf)
 
 
+def sharded_problem(axis_type: AxisType, seed: int) -> tuple:
+    """A 4x2 mesh of ``axis_type`` axes, each leaf's spec on it (split on both axes, on one, and
+    replicated), params and gradients on one device, and ``place`` to put a tree on the mesh."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
+    rng = np.random.default_rng(seed)
+    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
+    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
+
+    def place(tree: dict) -> dict:
+        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+
+    return mesh, specs, params, grads, place
+
+
 @needs_kernels
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
 def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_device(axis_type):
@@ -247,14 +262,7 @@ def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_
     over Auto axes as XLA's partitioner leaves it (custom_partitioning), over Explicit axes, whose
     tracers carry their sharding, under shard_map."""
     optadam.set_native_enabled(True)
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
-    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
-    rng = np.random.default_rng(9)
-    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
-    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
-
-    def place(tree: dict) -> dict:
-        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+    mesh, specs, params, grads, place = sharded_problem(axis_type, seed=9)
 
     for make in (ONE_PASS["adamw"], lambda: optadam.sgd(0.1, momentum=0.9)):
         tx = make()
@@ -281,14 +289,7 @@ def test_sharded_one_pass_step_has_no_all_gather_keeps_shardings_and_equals_one_
 def test_sharded_kernel_update_has_no_all_gather_keeps_shardings_and_is_the_xla_path(axis_type):
     """tx.update's kernels on sharded params: one kernel call on each device's shards, shardings
     kept, the sharded XLA path's bits."""
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
-    specs = {"w": P("data", "model"), "b": P("data"), "r": P()}
-    rng = np.random.default_rng(10)
-    shapes = {"w": (64, 8), "b": (40,), "r": (3,)}
-    params, grads = random_tree(rng, jnp.float32, shapes), random_tree(rng, jnp.float32, shapes)
-
-    def place(tree: dict) -> dict:
-        return {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+    mesh, specs, params, grads, place = sharded_problem(axis_type, seed=10)
 
     makes = {
         "optadam_adam_f32": ONE_PASS["adamw"],
