@@ -252,9 +252,11 @@ class Kernel(NamedTuple):
 
 
 _NATIVE_DTYPES = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.float64): "f64"}
-# Kernels with an ``optadam_<name>[_step]_lowp`` variant: gradients (and params) in float32,
-# bfloat16 or float16, moments in float32 or bfloat16, math in float32 (optadam/_native/adam.cc).
-_LOWP_KERNELS = ("adam",)
+# Kernels with an ``optadam_<name>_lowp`` variant (tx.update's), and those also with an
+# ``optadam_<name>_step_lowp``: gradients (and params) in float32, bfloat16 or float16, moments in
+# float32 or bfloat16, math in float32 (optadam/_native/lowp.h).
+_LOWP_KERNELS = ("adam", "momentum", "rms", "adagrad", "amsgrad", "radam")
+_LOWP_STEP_KERNELS = ("adam",)
 _LOWP_GRADIENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _LOWP_MOMENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
@@ -595,7 +597,9 @@ def _lowp_fits(kernel: Kernel, g: Any, s: list[Any], step: bool) -> bool:
     """A leaf for an ``optadam_<name>[_step]_lowp`` call: float32/bfloat16/float16 gradients,
     the params (``step``: the first state) in their dtype, moments float32 or bfloat16, no
     hyperparameter wider than float32, on one CPU."""
-    if kernel.name not in _LOWP_KERNELS or g is None or jnp.size(g) == 0:
+    if kernel.name not in (_LOWP_STEP_KERNELS if step else _LOWP_KERNELS):
+        return False
+    if g is None or jnp.size(g) == 0:
         return False
     dtype = jnp.dtype(jnp.result_type(g))
     if dtype not in _LOWP_GRADIENTS:

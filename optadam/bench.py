@@ -121,6 +121,33 @@ OPTIMIZERS["adam_lean"] = {
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
     ),
 }
+# The other families with bfloat16 moments (tx.update + apply_updates: their low-precision kernels
+# advance the moments, optadam/_native/lowp.h), each on the XLA path and with its kernel.
+BF16 = jnp.bfloat16
+BF16_STATE: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] = {
+    # family: (optimizer, bytes per parameter of one ideal pass: p 8, g 4, each moment 4)
+    "sgd_momentum": (lambda: optadam.sgd(1e-3, 0.9, accumulator_dtype=BF16), 16),
+    "rmsprop_centered": (
+        lambda: optadam.rmsprop(1e-3, centered=True, mu_dtype=BF16, nu_dtype=BF16),
+        20,
+    ),
+    "adagrad": (lambda: optadam.adagrad(1e-3, nu_dtype=BF16), 16),
+    "amsgrad": (lambda: optadam.amsgrad(1e-3, mu_dtype=BF16, nu_dtype=BF16), 24),
+    "radam": (lambda: optadam.radam(1e-3, mu_dtype=BF16, nu_dtype=BF16), 20),
+}
+
+
+def _on_path(
+    make: Callable[[], optax.GradientTransformation], native: bool
+) -> Callable[[], optax.GradientTransformation]:
+    return lambda: switched(make(), native)
+
+
+OPTIMIZERS["bf16_state"] = {}
+for _family, (_make, _bytes) in BF16_STATE.items():
+    for _path, _native in (("xla", False), ("native", True)):
+        OPTIMIZERS["bf16_state"][f"{_family}_{_path}"] = _on_path(_make, _native)
+        BYTES_MOVED[("bf16_state", f"{_family}_{_path}")] = _bytes
 OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then AdamW
     "optadam": lambda: xla_path(
         optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3))
@@ -133,6 +160,13 @@ OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then Ad
 TORCH_OPTIMIZERS = {"sgd_momentum": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW",
                     "adamw_clip": "AdamW"}  # fmt: skip
 CLIP_NORM = {"adamw_clip": 1.0}  # torch: clip_grad_norm_ before the optimizer's step
+
+
+def bytes_moved(optimizer: str, contender: str) -> int:
+    """Bytes per parameter that an ideal single pass of this contender's step moves."""
+    if (optimizer, contender) in BYTES_MOVED:
+        return BYTES_MOVED[(optimizer, contender)]
+    return ARRAYS_MOVED[optimizer] * 4
 
 
 def native_path(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -385,7 +419,7 @@ def bench_case(
             results.append(Result(
                 case, name, label, n, contender.compile_s, step_ms,
                 min(samples[label]), max(samples[label]),
-                gb_per_s=BYTES_MOVED.get((name, label), ARRAYS_MOVED[name] * 4) * n / step_ms / 1e6,
+                gb_per_s=bytes_moved(name, label) * n / step_ms / 1e6,
                 state_bytes_per_param=contender.state_bytes / n,
                 step_samples_ms=samples[label],
             ))  # fmt: skip

@@ -207,25 +207,25 @@ FALLBACKS = {
 @needs_kernels
 @pytest.mark.parametrize("name", FALLBACKS)
 def test_what_the_one_pass_does_not_cover_takes_update_then_apply_updates(name):
-    """optadam.step gives update + apply_updates' numbers; a bfloat16 sum stays on the XLA path
-    for update too."""
+    """optadam.step gives update + apply_updates' numbers; a bfloat16 sum has no one pass, its
+    update takes the low-precision kernel (tests/test_native_lowp.py)."""
     params, grads = problem(5, "float32", {"w": (80, 80), "odd": (7,)})
     grads = grads[:3]
     one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
     two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
     assert "optadam_adagrad_step" not in traced
     if name.startswith("bfloat16"):
-        assert "optadam_adagrad" not in traced
+        assert "optadam_adagrad_lowp" in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
 
 
 @needs_kernels
-def test_bfloat16_params_take_the_xla_path():
+def test_bfloat16_params_step_takes_the_lowp_update_kernel():
     params, grads = problem(6, "bfloat16", {"w": (80, 80)})
     one, s_one, traced = trajectory(lambda: optadam.adagrad(0.05), True, True, params, grads[:3])
     two, s_two, _ = trajectory(lambda: optadam.adagrad(0.05), False, True, params, grads[:3])
-    assert "optadam_adagrad" not in traced
+    assert "optadam_adagrad_lowp" in traced and "optadam_adagrad_step" not in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
 

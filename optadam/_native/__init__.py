@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 SOURCE_DIR = Path(__file__).parent
 SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc", "adagrad.cc")
 SOURCES += ("adam8.cc",)
-HEADERS = ("leaves.h",)
+HEADERS = ("leaves.h", "lowp.h")
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
 # -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
 # their fused multiply-adds themselves, where XLA:CPU has them (MulAdd in leaves.h).
@@ -68,6 +68,8 @@ TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
 TARGETS += ("optadam_adam8_step_f32",)
 # bfloat16/float16 params or bfloat16 moments (math in float32; dtypes read from the buffers)
 TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
+TARGETS += ("optadam_momentum_lowp", "optadam_rms_lowp", "optadam_adagrad_lowp")
+TARGETS += ("optadam_amsgrad_lowp", "optadam_radam_lowp")
 
 
 class NativeStatus(NamedTuple):

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "leaves.h"
+#include "lowp.h"
 
 namespace optadam {
 namespace {
@@ -101,6 +102,23 @@ ffi::Future AdagradStep(ffi::ThreadPool pool, bool eps_in_sqrt, ffi::RemainingAr
                        });
 }
 
+// --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
+
+// scale_by_adagrad's moment on the lifted sum, for LowpMomentsCall.
+struct AdagradLowpFamily {
+  using Scalars = AdagradScalars<float>;
+  static constexpr size_t kMoments = 1;
+  template <typename G, typename S>
+  static void Moments(const Scalars&, float g, float m[1]) {
+    AdagradMoments(g, m[0]);  // s_t = s_{t-1} + |g_t|²
+  }
+};
+
+ffi::Future AdagradLowp(ffi::ThreadPool pool, bool /*eps_in_sqrt*/, bool stochastic,
+                        ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return LowpMomentsCall<AdagradLowpFamily>(pool, stochastic, args, rets);
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -116,3 +134,12 @@ OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_f32, optadam::Adagrad, float)
 OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_f64, optadam::Adagrad, double)
 OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_step_f32, optadam::AdagradStep, float)
 OPTADAM_ADAGRAD_HANDLER(optadam_adagrad_step_f64, optadam::AdagradStep, double)
+
+// Low-precision storage (lowp.h): tx.update's sum advanced in place, any mix of dtypes.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_adagrad_lowp, optadam::AdagradLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "leaves.h"
+#include "lowp.h"
 
 namespace optadam {
 namespace {
@@ -114,6 +115,26 @@ ffi::Future AmsgradStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
                        });
 }
 
+// --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
+
+// amsgrad_moments on lifted moments, for LowpMomentsCall: {mu, nu, nu_max}; v̂ from the new ν
+// before its rounding, as map_leaves computes all three before storing any.
+struct AmsgradLowpFamily {
+  using Scalars = AmsgradScalars<float>;
+  static constexpr size_t kMoments = 3;
+  template <typename G, typename M, typename N, typename X>
+  static void Moments(const Scalars& s, float g, float m[3]) {
+    m[0] = Ema<G, M>(s.b1, s.one_minus_b1, m[0], g);      // m_t = β1 · m_{t-1} + (1 − β1) · g_t
+    m[1] = Ema<G, N>(s.b2, s.one_minus_b2, m[1], g * g);  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+    m[2] = Maximum(m[2], m[1] / s.c2);                    // v_max_t = max(v_max_{t-1}, v̂_t)
+  }
+};
+
+ffi::Future AmsgradLowp(ffi::ThreadPool pool, bool stochastic, ffi::RemainingArgs args,
+                        ffi::RemainingRets rets) {
+  return LowpMomentsCall<AmsgradLowpFamily>(pool, stochastic, args, rets);
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -128,3 +149,11 @@ OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_f32, optadam::Amsgrad, float)
 OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_f64, optadam::Amsgrad, double)
 OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_step_f32, optadam::AmsgradStep, float)
 OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_step_f64, optadam::AmsgradStep, double)
+
+// Low-precision storage (lowp.h): tx.update's moments advanced in place, any mix of dtypes.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad_lowp, optadam::AmsgradLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());

@@ -2,6 +2,7 @@
 // scale_by_momentum (its moments, then its direction) transcribed line for line, with the same
 // names and order. The Python stays the definition; tests/test_native.py holds this file to it.
 #include "leaves.h"
+#include "lowp.h"
 
 namespace optadam {
 namespace {
@@ -104,6 +105,23 @@ ffi::Future MomentumStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs
                        });
 }
 
+// --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
+
+// scale_by_momentum's moments on the lifted trace, for LowpMomentsCall.
+struct MomentumLowpFamily {
+  using Scalars = MomentumScalars<float>;
+  static constexpr size_t kMoments = 1;
+  template <typename G, typename M>
+  static void Moments(const Scalars& s, float g, float m[1]) {
+    MomentumMoments(s, g, m[0]);  // trace_t = g_t + β · trace_{t-1}
+  }
+};
+
+ffi::Future MomentumLowp(ffi::ThreadPool pool, bool /*nesterov*/, bool stochastic,
+                         ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return LowpMomentsCall<MomentumLowpFamily>(pool, stochastic, args, rets);
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -119,3 +137,12 @@ OPTADAM_MOMENTUM_HANDLER(optadam_momentum_f32, optadam::Momentum, float)
 OPTADAM_MOMENTUM_HANDLER(optadam_momentum_f64, optadam::Momentum, double)
 OPTADAM_MOMENTUM_HANDLER(optadam_momentum_step_f32, optadam::MomentumStep, float)
 OPTADAM_MOMENTUM_HANDLER(optadam_momentum_step_f64, optadam::MomentumStep, double)
+
+// Low-precision storage (lowp.h): tx.update's trace advanced in place, any mix of dtypes.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum_lowp, optadam::MomentumLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());

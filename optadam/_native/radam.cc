@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "leaves.h"
+#include "lowp.h"
 
 namespace optadam {
 namespace {
@@ -120,6 +121,24 @@ ffi::Future RadamStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs ar
                        });
 }
 
+// --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
+
+// RAdam's moments (Adam's) on lifted moments, for LowpMomentsCall: {mu, nu}.
+struct RadamLowpFamily {
+  using Scalars = RadamScalars<float>;
+  static constexpr size_t kMoments = 2;
+  template <typename G, typename M, typename N>
+  static void Moments(const Scalars& s, float g, float m[2]) {
+    m[0] = Ema<G, M>(s.b1, s.one_minus_b1, m[0], g);      // m_t = β1 · m_{t-1} + (1 − β1) · g_t
+    m[1] = Ema<G, N>(s.b2, s.one_minus_b2, m[1], g * g);  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
+  }
+};
+
+ffi::Future RadamLowp(ffi::ThreadPool pool, bool /*nesterov*/, bool stochastic,
+                      ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return LowpMomentsCall<RadamLowpFamily>(pool, stochastic, args, rets);
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -135,3 +154,12 @@ OPTADAM_RADAM_HANDLER(optadam_radam_f32, optadam::Radam, float)
 OPTADAM_RADAM_HANDLER(optadam_radam_f64, optadam::Radam, double)
 OPTADAM_RADAM_HANDLER(optadam_radam_step_f32, optadam::RadamStep, float)
 OPTADAM_RADAM_HANDLER(optadam_radam_step_f64, optadam::RadamStep, double)
+
+// Low-precision storage (lowp.h): tx.update's moments advanced in place, any mix of dtypes.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam_lowp, optadam::RadamLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "leaves.h"
+#include "lowp.h"
 
 namespace optadam {
 namespace {
@@ -231,6 +232,34 @@ ffi::Future RmsMomentumStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqr
                        });
 }
 
+// --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
+
+// scale_by_rms's moments on lifted moments, for LowpMomentsCall: {nu} plain, {mu, nu} centered.
+struct RmsLowpFamily {
+  using Scalars = RmsScalars<float>;
+  static constexpr size_t kMoments = 1;
+  template <typename G, typename N>
+  static void Moments(const Scalars& s, float g, float m[1]) {
+    m[0] = Ema<G, N>(s.decay, s.one_minus_decay, m[0], g * g);  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
+  }
+};
+
+struct CenteredRmsLowpFamily {
+  using Scalars = RmsScalars<float>;
+  static constexpr size_t kMoments = 2;
+  template <typename G, typename M, typename N>
+  static void Moments(const Scalars& s, float g, float m[2]) {
+    m[1] = Ema<G, N>(s.decay, s.one_minus_decay, m[1], g * g);  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
+    m[0] = Ema<G, M>(s.decay, s.one_minus_decay, m[0], g);      // μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t
+  }
+};
+
+ffi::Future RmsLowp(ffi::ThreadPool pool, bool centered, bool /*eps_in_sqrt*/, bool stochastic,
+                    ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (centered) return LowpMomentsCall<CenteredRmsLowpFamily>(pool, stochastic, args, rets);
+  return LowpMomentsCall<RmsLowpFamily>(pool, stochastic, args, rets);
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -262,5 +291,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_momentum_step_f64, optadam::RmsMomentu
                                   .Attr<bool>("centered")
                                   .Attr<bool>("eps_in_sqrt")
                                   .Attr<bool>("nesterov")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+// Low-precision storage (lowp.h): tx.update's moments advanced in place, any mix of dtypes.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_lowp, optadam::RmsLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("stochastic")
                                   .RemainingArgs()
                                   .RemainingRets());

@@ -1,0 +1,177 @@
+"""The low-precision ``tx.update`` kernels of the families beyond Adam's (``optadam_momentum_lowp``,
+``_rms_lowp``, ``_adagrad_lowp``, ``_amsgrad_lowp``, ``_radam_lowp``, all built on
+optadam/_native/lowp.h) against the XLA path: bfloat16/float16 params and gradients, moments
+stored in bfloat16 (rounded to nearest or stochastically, with the XLA path's bits) or float32.
+
+The kernel advances the moments and the direction stays jnp, so ``tx.update`` +
+``optax.apply_updates`` must give the XLA path's bits, params and state, every step.
+``optadam.step`` has no low-precision one pass for these families: it takes ``update`` and
+``apply_updates``, so the kernel-backed update, with the same bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from harness import needs_kernels, trajectory
+from test_native_bf16 import SPECIAL, assert_bitwise
+
+import optadam
+
+BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
+SHAPES = {"one": (1,), "odd": (3,), "w": (33, 5), "mid": (1023,), "big": (70_000,), "empty": (0,)}
+STEPS = 12
+
+# name: (params and gradients dtype, the optimizer, its kernel)
+CASES: dict[str, tuple[Any, Callable[[], Any], str]] = {
+    "sgd_momentum_bf16_trace": (
+        F32,
+        lambda: optadam.sgd(0.1, momentum=0.9, accumulator_dtype=BF16),
+        "momentum",
+    ),
+    "sgd_nesterov_bf16_params": (BF16, lambda: optadam.sgd(0.1, 0.9, nesterov=True), "momentum"),
+    "sgd_momentum_stochastic": (
+        F32,
+        lambda: optadam.sgd(0.1, 0.9, accumulator_dtype=BF16, stochastic_rounding=True),
+        "momentum",
+    ),
+    "sgd_momentum_f16_params_f32_trace": (
+        F16,
+        lambda: optadam.sgd(0.1, 0.9, accumulator_dtype=F32),
+        "momentum",
+    ),
+    "rmsprop_bf16_nu": (F32, lambda: optadam.rmsprop(0.01, nu_dtype=BF16), "rms"),
+    "rmsprop_centered_stochastic": (
+        F32,
+        lambda: optadam.rmsprop(
+            0.01, centered=True, mu_dtype=BF16, nu_dtype=BF16, stochastic_rounding=True
+        ),
+        "rms",
+    ),
+    "rmsprop_centered_bf16_params_bias_corrected": (
+        BF16,
+        lambda: optadam.rmsprop(0.01, centered=True, eps_in_sqrt=False, bias_correction=True),
+        "rms",
+    ),
+    "rmsprop_momentum_bf16_everything": (
+        BF16,
+        lambda: optadam.rmsprop(0.01, momentum=0.9, nesterov=True, stochastic_rounding=True),
+        "rms",
+    ),
+    "rmsprop_f16_params_f32_nu": (F16, lambda: optadam.rmsprop(0.01, nu_dtype=F32), "rms"),
+    "adagrad_bf16_sum": (F32, lambda: optadam.adagrad(0.1, nu_dtype=BF16), "adagrad"),
+    "adagrad_bf16_params_stochastic": (
+        BF16,
+        lambda: optadam.adagrad(0.1, stochastic_rounding=True),
+        "adagrad",
+    ),
+    "amsgrad_bf16_moments": (
+        F32,
+        lambda: optadam.amsgrad(0.1, mu_dtype=BF16, nu_dtype=BF16),
+        "amsgrad",
+    ),
+    "amsgrad_bf16_params_stochastic": (
+        BF16,
+        lambda: optadam.amsgrad(0.1, stochastic_rounding=True),
+        "amsgrad",
+    ),
+    "amsgrad_f16_params_bf16_nu": (
+        F16,
+        lambda: optadam.amsgrad(0.1, mu_dtype=F32, nu_dtype=BF16),
+        "amsgrad",
+    ),
+    "radam_bf16_moments_stochastic": (
+        F32,
+        lambda: optadam.radam(0.1, mu_dtype=BF16, nu_dtype=BF16, stochastic_rounding=True),
+        "radam",
+    ),
+    "radam_nesterov_bf16_params": (BF16, lambda: optadam.radam(0.1, nesterov=True), "radam"),
+}
+
+
+def problem(dtype: Any, seed: int, steps: int = STEPS) -> tuple[dict, list[dict]]:
+    rng = np.random.default_rng(seed)
+    params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in SHAPES.items()}
+    grads = [
+        {
+            k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.integers(-3, 2), dtype)
+            for k, s in SHAPES.items()
+        }
+        for _ in range(steps)
+    ]
+    return params, grads
+
+
+def assert_trees_bitwise(a: Any, b: Any) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert_bitwise(x, y)
+
+
+@needs_kernels
+@pytest.mark.parametrize("via_step", [False, True], ids=["update", "step"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_update_equals_xla_path_bitwise(case: str, via_step: bool) -> None:
+    dtype, make, family = CASES[case]
+    params, grads = problem(dtype, seed=len(case))
+    kernel, s_kernel, traced = trajectory(make, True, via_step, params, grads)
+    xla, s_xla, traced_xla = trajectory(make, False, via_step, params, grads)
+    assert f"optadam_{family}_lowp" in traced
+    assert "optadam_" not in traced_xla
+    assert_trees_bitwise(s_kernel, s_xla)  # every moment (bfloat16 or not) and count
+    for ours, theirs in zip(kernel, xla, strict=True):
+        assert_trees_bitwise(ours, theirs)  # the params, every step
+
+
+@needs_kernels
+def test_stochastic_rounding_differs_from_nearest_with_the_xla_bits() -> None:
+    params, grads = problem(F32, seed=4)
+    stochastic = trajectory(CASES["sgd_momentum_stochastic"][1], True, False, params, grads)
+    nearest = trajectory(CASES["sgd_momentum_bf16_trace"][1], True, False, params, grads)
+    trace_sr = np.asarray(stochastic[1][0].trace["big"], np.float32)
+    trace_nearest = np.asarray(nearest[1][0].trace["big"], np.float32)
+    assert np.mean(trace_sr != trace_nearest) > 0.1
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "case",
+    [
+        "sgd_momentum_bf16_trace",
+        "rmsprop_centered_stochastic",
+        "adagrad_bf16_params_stochastic",
+        "amsgrad_f16_params_bf16_nu",
+        "radam_bf16_moments_stochastic",
+    ],
+)
+def test_nan_inf_zero_and_subnormal_gradients_as_on_the_xla_path(case: str) -> None:
+    dtype, make, family = CASES[case]
+    rng = np.random.default_rng(6)
+    g = np.concatenate([SPECIAL, rng.normal(size=77).astype(np.float32) * 1e-3])
+    params = {"x": jnp.asarray(rng.normal(size=g.size), dtype)}
+    with np.errstate(over="ignore"):  # float16 gradients: 3e38 and 7e4 overflow to inf
+        grads = [{"x": jnp.asarray(x, dtype)} for x in (g, -g[::-1], np.zeros_like(g), g)]
+    kernel, s_kernel, traced = trajectory(make, True, False, params, grads)
+    xla, s_xla, _ = trajectory(make, False, False, params, grads)
+    assert f"optadam_{family}_lowp" in traced
+    assert_trees_bitwise(s_kernel, s_xla)
+    for ours, theirs in zip(kernel, xla, strict=True):
+        assert_trees_bitwise(ours, theirs)
+
+
+@needs_kernels
+def test_8bit_and_float16_state_stay_on_the_xla_path() -> None:
+    params = {"w": jnp.ones((64, 512), F32)}
+    optadam.set_native_enabled(True)
+    for tx in (
+        optadam.rmsprop(0.1, state_bits=8),  # 8-bit second moment: no update kernel
+        optadam.sgd(0.1, 0.9, accumulator_dtype=F16),  # float16 moments: not a lowp storage
+    ):
+        state = tx.init(params)
+        traced = str(jax.make_jaxpr(tx.update)(params, state, params))
+        assert "optadam_" not in traced, jax.tree.map(jnp.dtype, state)
