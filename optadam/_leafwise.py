@@ -194,11 +194,15 @@ def map_leaves(
     ``kernel`` names the optimizer's native kernel and this step's scalars: the leaves it applies
     to (see :func:`native_leaves`) have their moments advanced and stored by it instead, with the
     same results; the direction is this function's for every leaf, so XLA fuses it into whatever
-    consumes the update (``optax.apply_updates``) and the update is never stored.
+    consumes the update (``optax.apply_updates``) and the update is never stored. The exception
+    is Adam's 8-bit state, whose kernel returns the update too (:func:`_native_8bit_updates`).
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
     native = native_leaves(kernel, moments, g_leaves, s_leaves, rounding_seed)
+    native_8bit = _native_8bit_updates(
+        kernel, moments, direction, g_leaves, s_leaves, rounding_seed
+    )
     columns: list[list[Any]] = [[] for _ in range(1 + len(states))]
     position = 0  # elements of the moments so far (stochastic rounding hashes each one's position)
     for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
@@ -210,28 +214,49 @@ def map_leaves(
                 if x is None or jnp.shape(x) != jnp.shape(g):
                     raise _mismatch(grads, state)
             g = jnp.asarray(g)
-            g_wide = _lift(g)
-            new: Sequence[Any]
-            if i in native:  # the kernel advanced and stored the moments
-                stored, new = list(native[i]), [None] * len(s)
+            if i in native_8bit:  # the kernel took the whole update, 8-bit moments stored
+                u, *stored = native_8bit[i]
+                outs = [u.astype(g.dtype), *stored]
             else:
-                new = moments(g_wide, *(_lift(x) for x in s))
-                seeds = [
-                    None
-                    if rounding_seed is None
-                    else _quantize.array_seed(rounding_seed, position + j * g.size)
-                    for j in range(len(s))
-                ]
-                stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
+                outs = _leaf_update(
+                    moments, direction, g, s, native.get(i), rounding_seed, position
+                )
             position += len(s) * g.size
-            seen = [
-                value if isinstance(like, QuantizedArray) else _lift(kept)
-                for value, kept, like in zip(new, stored, s, strict=True)
-            ]
-            outs = [direction(g_wide, *seen).astype(g.dtype), *stored]
         for column, out in zip(columns, outs, strict=True):
             column.append(out)
     return tuple(jax.tree.unflatten(treedef, column) for column in columns)
+
+
+def _leaf_update(
+    moments: Callable[..., Sequence[jax.Array]],
+    direction: Callable[..., jax.Array],
+    g: jax.Array,
+    s: list[Any],
+    stored: Sequence[Any] | None,
+    rounding_seed: jax.Array | None,
+    position: int,
+) -> list[Any]:
+    """One leaf of :func:`map_leaves`: ``[u, *new states as stored]``, the moments advanced here
+    in jnp or, where ``stored`` holds them, by a native kernel; ``position`` is the leaf's first
+    moment element among all of them (stochastic rounding's)."""
+    g_wide = _lift(g)
+    new: Sequence[Any]
+    if stored is not None:  # the kernel advanced and stored the moments
+        stored, new = list(stored), [None] * len(s)
+    else:
+        new = moments(g_wide, *(_lift(x) for x in s))
+        seeds = [
+            None
+            if rounding_seed is None
+            else _quantize.array_seed(rounding_seed, position + j * g.size)
+            for j in range(len(s))
+        ]
+        stored = [_store(*args) for args in zip(new, s, seeds, strict=True)]
+    seen = [
+        value if isinstance(like, QuantizedArray) else _lift(kept)
+        for value, kept, like in zip(new, stored, s, strict=True)
+    ]
+    return [direction(g_wide, *seen).astype(g.dtype), *stored]
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -442,6 +467,67 @@ def native_step(
         done.update(zip(indices, outs, strict=True))
     columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
+
+
+# Families with an ``optadam_<name>8_f32`` tx.update kernel for 8-bit moments (adam8.cc).
+_8BIT_KERNELS = ("adam",)
+
+
+def _native_8bit_updates(
+    kernel: Kernel | None,
+    moments: Callable[..., Sequence[jax.Array]],
+    direction: Callable[..., jax.Array],
+    g_leaves: list[Any],
+    s_leaves: list[list[Any]],
+    rounding_seed: jax.Array | None,
+) -> dict[int, list[Any]]:
+    """``{leaf index: [u, new mu, new nu]}`` for the leaves whose two moments are 8-bit codes
+    (float32 gradients, on one CPU device), through one ``optadam_<name>8_f32`` call per block
+    size: per block it decodes m and v, advances them, takes the direction from the float32
+    moments and encodes them -- :func:`map_leaves`' order for 8-bit state, the second moment
+    rounded with the bits ``map_leaves`` gives it. Unlike the other update kernels it writes
+    the update: the direction needs the moments before quantization, which XLA cannot rebuild
+    from the codes. Empty where the kernels are off or do not apply (the XLA path)."""
+    if kernel is None or kernel.name not in _8BIT_KERNELS or rounding_seed is None:
+        return {}
+    if len(s_leaves) != 2 or not _native.enabled() or jax.default_backend() != "cpu":
+        return {}
+    every = (*jax.tree.leaves((g_leaves, s_leaves)), *kernel.scalars, rounding_seed)
+    if not all(_kernel_traceable(x) for x in every):
+        return {}
+    by_block: dict[int, list[int]] = {}
+    for i, (g, m, v) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if g is not None and _kernel_fits_8bit(g, g, m, v, kernel.scalars):
+            by_block.setdefault(m.block_size, []).append(i)
+    positions = _positions(g_leaves, 2)
+    scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
+    done: dict[int, list[Any]] = {}
+    for block_size, indices in by_block.items():
+
+        def xla_8bit(g: Any, *stored: Any, block_size: int = block_size) -> list[Any]:
+            mu_codes, mu_scales, nu_codes, nu_scales, seed = stored
+            m = _quantize.dequantize(QuantizedArray(mu_codes, mu_scales, 1, block_size))
+            v = _quantize.dequantize(QuantizedArray(nu_codes, nu_scales, 2, block_size))
+            new_m, new_v = moments(g, m, v)
+            m_q = _quantize.quantize(new_m, 1, block_size)
+            v_q = _quantize.quantize(new_v, 2, block_size, seed)
+            return [direction(g, new_m, new_v), m_q.codes, m_q.scales, v_q.codes, v_q.scales]
+
+        # each second moment's array_seed (its position among all the moments' elements)
+        offsets = np.array([positions[i][1] for i in indices], np.uint64) % 2**32
+        seeds = jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
+        leaves = [
+            [jnp.asarray(g_leaves[i]), m.codes, m.scales, v.codes, v.scales, seeds[k]]
+            for k, (i, m, v) in enumerate((i, s_leaves[0][i], s_leaves[1][i]) for i in indices)
+        ]
+        in_place = {k: k for k in range(1, 5)}  # each moment's codes and scales; u is new
+        call = functools.partial(_native.call_blocks, block_size=block_size)
+        name = f"optadam_{kernel.name}8_f32"
+        outs = _kernel_call(name, kernel, xla_8bit, scalars, leaves, in_place, 5, call)
+        for i, (u, mu_codes, mu_scales, nu_codes, nu_scales) in zip(indices, outs, strict=True):
+            new_mu = QuantizedArray(mu_codes, mu_scales, 1, block_size)
+            done[i] = [u, new_mu, QuantizedArray(nu_codes, nu_scales, 2, block_size)]
+    return done
 
 
 def native_step_8bit(

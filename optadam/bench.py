@@ -15,8 +15,9 @@ users get it by default, ``tx.update`` with the native CPU kernels, see ``optada
 contender whose label ends in ``_step`` runs as ``optadam.step``),
 optadam with small leaves grouped (``optadam.grouped``; only where it finds
 leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, rmsprop, adam,
-adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``) and bfloat16 moments,
-rounded to nearest and stochastically; torch.optim (foreach, and fused where torch has it) when
+adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``: the XLA path,
+``_native`` its update kernel, ``_step`` its one pass) and bfloat16 moments, rounded to nearest
+and stochastically; the other families with bfloat16 moments (``bf16_state``); torch.optim (foreach, and fused where torch has it) when
 torch is installed. The full run peaks at ~22 GB of memory (the GPT-2 case); ``--cases`` picks
 fewer.
 
@@ -67,6 +68,7 @@ ARRAYS_MOVED["adamw_clip"] = 8
 BYTES_MOVED = {
     ("adam_lean", "optadam_8bit"): 16,
     ("adam_lean", "optadam_8bit_step"): 16,
+    ("adam_lean", "optadam_8bit_native"): 16,
     ("adam_lean", "optadam_bf16"): 20,
     ("adam_lean", "optadam_bf16_step"): 20,
     ("adam_lean", "optadam_bf16_sr"): 20,
@@ -107,6 +109,7 @@ OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
 OPTIMIZERS["adam_lean"] = {
     "optadam_step": lambda: native_path(optadam.adam(1e-3)),
     "optadam_8bit": lambda: xla_path(optadam.adam(1e-3, state_bits=8)),
+    "optadam_8bit_native": lambda: native_path(optadam.adam(1e-3, state_bits=8)),
     "optadam_8bit_step": lambda: native_path(optadam.adam(1e-3, state_bits=8)),
     "optadam_bf16": lambda: xla_path(
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)

@@ -1,5 +1,8 @@
 """8-bit Adam through ``optadam.step``: one pass of ``optadam/_native/adam8.cc`` per step gives
-the XLA path's 8-bit codes and scales exactly, and its params within Adam's bound.
+the XLA path's 8-bit codes and scales exactly, and its params within Adam's bound; and through
+``tx.update``'s 8-bit kernel (``optadam_adam8_f32``): the same codes and scales, and updates
+within 4 float32 ulp of the leaf's largest update (XLA rewrites some of the direction's
+divisions and contracts the moving averages per program; measured at most 4 over these tests).
 
 The XLA path is the definition: ``update`` + ``apply_updates`` with kernels off (``map_leaves``
 dequantizes, steps, and requantizes with the second moment's random bits). Each path builds its
@@ -9,6 +12,7 @@ path keeps it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -315,7 +319,7 @@ def test_what_the_8bit_kernel_does_not_cover_takes_update_then_apply_updates(nam
     rng = np.random.default_rng(8)
     params = random_tree(rng, dtype, shapes)
     tx, one = jitted_step(make, native)
-    assert "adam8" not in traced(tx, params)
+    assert "adam8_step" not in traced(tx, params)
     optadam.set_native_enabled(native)
     tx_two = make()
     two = jax.jit(lambda p, s, g: optax.apply_updates(p, tx_two.update(g, s, p)[0]))
@@ -353,3 +357,147 @@ def test_params_on_a_mesh_take_the_xla_path_and_keep_their_sharding():
     new_params, new_state = step(params, state, params)
     assert new_params["w"].sharding.is_equivalent_to(sharding, 2)
     assert new_state[0].mu["w"].codes.sharding.is_equivalent_to(sharding, 2)
+
+
+# --- tx.update's 8-bit kernel ----------------------------------------------------------------
+
+
+def jitted_update(make: Callable[[], Any], native: bool) -> tuple[Any, Any, str]:
+    """A transformation, its jitted ``update`` (traced with the kernels on or off) and the
+    traced update's jaxpr."""
+    optadam.set_native_enabled(native)
+    tx = make()
+    params = random_tree(np.random.default_rng(0), jnp.float32, SHAPES)
+    jaxpr = str(jax.make_jaxpr(tx.update)(params, tx.init(params), params))
+    jitted = jax.jit(tx.update)
+
+    def update(g: Any, s: Any, p: Any) -> Any:
+        optadam.set_native_enabled(native)
+        return jitted(g, s, p)
+
+    return tx, update, jaxpr
+
+
+def assert_updates_within(a: Any, b: Any, ulps: int) -> None:
+    """Within ``ulps`` float32 ulp of each leaf's largest update; NaN and inf where ``b`` has
+    them. (The kernel divides as the Python is written; XLA rewrites some divisions.)"""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        finite = np.isfinite(y)
+        np.testing.assert_array_equal(x[~finite], y[~finite])
+        top = np.float32(np.max(np.abs(y[finite]), initial=0))
+        np.testing.assert_allclose(x[finite], y[finite], rtol=0, atol=ulps * np.spacing(top))
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", EIGHT_BIT)
+def test_8bit_update_kernel_gives_the_xla_path_codes_scales_and_updates(name):
+    """From the same state each step, 20 steps: ``update``'s codes, scales and float32 moments
+    as the XLA path's, bit for bit (one map value apart in under 1e-5 of the codes where XLA
+    contracts the moving averages otherwise, as for the one pass), updates within 4 ulp."""
+    rng = np.random.default_rng(11)
+    params = random_tree(rng, jnp.float32, SHAPES)
+    tx, native, jaxpr = jitted_update(EIGHT_BIT[name], True)
+    _, xla, jaxpr_xla = jitted_update(EIGHT_BIT[name], False)
+    assert jaxpr.count("optadam_adam8_f32") == 1 and "adam8" not in jaxpr_xla
+    s = tx.init(params)
+    differing = total = 0
+    for _ in range(STEPS):
+        g = gradients(rng)
+        u, s_native = native(g, s, params)
+        u_xla, s_xla = xla(g, s, params)
+        if name in CONTRACTED_OTHERWISE:
+            differing += codes_one_value_apart(s_native, s_xla)
+            total += sum(x.size for x in jax.tree.leaves(s_xla) if x.dtype == jnp.uint8)
+        else:
+            assert_states_equal(s_native, s_xla)
+            assert_updates_within(u, u_xla, 4)
+        s = s_xla
+    assert differing <= 1e-5 * total
+
+
+@needs_kernels
+def test_8bit_update_with_nan_and_inf_gradients_as_on_the_xla_path():
+    rng = np.random.default_rng(12)
+    params = random_tree(rng, jnp.float32, SHAPES)
+    tx, native, _ = jitted_update(EIGHT_BIT["nadam"], True)
+    _, xla, _ = jitted_update(EIGHT_BIT["nadam"], False)
+    s = tx.init(params)
+    for t in range(4):
+        g = gradients(rng)
+        if t == 1:
+            g["rows"] = g["rows"].at[2, 10].set(jnp.nan).at[5, 290].set(jnp.inf)
+            g["pooled"] = g["pooled"].at[299, 300].set(-jnp.inf)
+        u, s_native = native(g, s, params)
+        u_xla, s_xla = xla(g, s, params)
+        assert_states_equal(s_native, s_xla)
+        assert_updates_within(u, u_xla, 4)
+        s = s_xla
+        if t == 1:
+            assert np.isnan(np.asarray(u["rows"])[2, 10])  # (later steps decode finite moments)
+
+
+@needs_kernels
+def test_8bit_update_kernel_trajectory_with_apply_updates_matches_the_xla_path():
+    """Twenty steps of update + apply_updates, each path on its own, donated: the same codes and
+    scales throughout, params within Adam's bound for each step taken."""
+    rng = np.random.default_rng(13)
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = [gradients(rng) for _ in range(STEPS)]
+    runs = []
+    for native in (True, False):
+        optadam.set_native_enabled(native)
+        tx = EIGHT_BIT["adamw"]()
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(p: Any, s: Any, g: Any, tx: Any = tx) -> Any:
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+        for g in grads:
+            p, s = step(p, s, g)
+        runs.append((p, s))
+    (p_native, s_native), (p_xla, s_xla) = runs
+    assert_states_equal(s_native, s_xla)
+    assert_params_within_adam_bound(p_native, p_xla, params, steps=STEPS)
+
+
+@needs_kernels
+def test_gradient_through_a_traced_8bit_update_takes_the_xla_math():
+    """A meta-gradient through update, with respect to the gradients: the kernel's derivative
+    rule is the XLA math."""
+    rng = np.random.default_rng(14)
+    shapes = {"w": (64, 80), "b": (10,)}
+    params = random_tree(rng, jnp.float32, shapes)
+    grads = gradients(rng, shapes)
+
+    def derivative(native: bool) -> Any:
+        tx, update, jaxpr = jitted_update(EIGHT_BIT["adam"], native)
+        assert ("optadam_adam8_f32" in jaxpr) == native
+        state = tx.init(params)
+
+        def loss(g: Any) -> Any:
+            u, _ = jax.jit(lambda g: tx.update(g, state, params))(g)
+            return sum(jnp.sum(x**2) for x in jax.tree.leaves(u))
+
+        optadam.set_native_enabled(native)
+        return jax.grad(loss)(grads)
+
+    for a, b in zip(*(jax.tree.leaves(derivative(n)) for n in (True, False)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@needs_kernels
+def test_vmap_and_meshes_keep_the_8bit_update_on_the_xla_path():
+    optadam.set_native_enabled(True)
+    tx = optadam.adam(0.01, state_bits=8)
+    params = {"w": jnp.ones((64, 512), jnp.float32)}
+    state = tx.init(params)
+    batched = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), params)
+    vmapped = jax.make_jaxpr(jax.vmap(lambda g: tx.update(g, state, params)))(batched)
+    assert "adam8" not in str(vmapped)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    sharded = {"w": jax.device_put(params["w"], NamedSharding(mesh, P("data")))}
+    state = jax.jit(tx.init)(sharded)
+    assert "adam8" not in str(jax.make_jaxpr(tx.update)(sharded, state, sharded))

@@ -65,7 +65,7 @@ TARGETS += ("optadam_amsgrad_f32", "optadam_amsgrad_f64")
 TARGETS += ("optadam_amsgrad_step_f32", "optadam_amsgrad_step_f64")
 TARGETS += ("optadam_radam_f32", "optadam_radam_f64")
 TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
-TARGETS += ("optadam_adam8_step_f32",)
+TARGETS += ("optadam_adam8_step_f32", "optadam_adam8_f32")
 # bfloat16/float16 params or bfloat16 moments (math in float32; dtypes read from the buffers)
 TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
 TARGETS += ("optadam_momentum_lowp", "optadam_rms_lowp", "optadam_adagrad_lowp")
@@ -365,14 +365,15 @@ def call_blocks(
     """:func:`call` for a kernel whose results are shaped like its operands ``aliases`` names
     (the 8-bit kernel: codes and per-block scales), not like the leaf: one plain ``ffi_call``,
     with no sharding rule, so only for operands on one device; under ``jax.vmap`` it runs once
-    per batch element."""
+    per batch element. A result no operand is aliased to (the 8-bit update's u) is shaped like
+    the leaf's first operand (its gradient)."""
     per_leaf = len(leaves[0])
     io = {
         1 + leaf * per_leaf + k: leaf * results + r
         for leaf in range(len(leaves))
         for k, r in aliases.items()
     }
-    outs = {r: k for k, r in aliases.items()}
+    outs = {r: 0 for r in range(results)} | {r: k for k, r in aliases.items()}
     shapes = [
         jax.ShapeDtypeStruct(jnp.shape(operands[outs[r]]), jnp.result_type(operands[outs[r]]))
         for operands in leaves

@@ -245,11 +245,13 @@ inline void CopyUnlessAliased(const T* in, T* out, size_t at, size_t len) {
 // every element (map_leaves: dequantize, adam_moments, the direction from the float32 moments;
 // then the chain and apply_updates), then the block's new scales, then its codes. `mu` and
 // `root` hold the block's new m and √v between the passes. Each pass is a vectorizable loop.
-template <bool kNesterov, bool kDecay, bool kClip>
+// kUpdate: tx.update's instead -- the direction u_t written to `leaf.theta` (the update buffer),
+// no clip, decay or learning rate (the chain applies them in XLA).
+template <bool kNesterov, bool kDecay, bool kClip, bool kUpdate = false>
 void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size_t len,
                size_t block, float* __restrict mu, float* __restrict root) {
   const StepScalars s = scalars;
-  CopyUnlessAliased(leaf.theta_in, leaf.theta, start, len);
+  if (!kUpdate) CopyUnlessAliased(leaf.theta_in, leaf.theta, start, len);
   CopyUnlessAliased(leaf.mu_codes_in, leaf.mu_codes, start, len);
   CopyUnlessAliased(leaf.nu_codes_in, leaf.nu_codes, start, len);
   const float mu_scale = leaf.mu_scales_in[block], nu_scale = leaf.nu_scales_in[block];
@@ -263,8 +265,12 @@ void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size
     float v = r * r;  // v_{t-1}, dequantized: the codes store √v
     float g_t = Clipped<float, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c when clipping
     float u = AdamElement<float, kNesterov>(s.adam, g_t, m, v);
-    if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
-    theta[i] = MulAdd(u, s.minus_lr, theta[i]);           // θ_t = θ_{t-1} + u_t·(−η)
+    if (kUpdate) {
+      theta[i] = u;  // tx.update's u_t
+    } else {
+      if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
+      theta[i] = MulAdd(u, s.minus_lr, theta[i]);           // θ_t = θ_{t-1} + u_t·(−η)
+    }
     mu[i] = m;
     root[i] = std::sqrt(NonNegative(v));  // quantize stores √max(v_t, 0)
   }
@@ -282,7 +288,7 @@ void StepBlock(const StepScalars& scalars, const Leaf8& leaf, size_t start, size
 
 // The blocks of `leaf` that start in elements [begin, end): a block belongs to the range holding
 // its first element, so ranges split at any element and every block is done exactly once.
-template <bool kNesterov, bool kDecay, bool kClip>
+template <bool kNesterov, bool kDecay, bool kClip, bool kUpdate = false>
 void StepRange(const StepScalars& s, size_t block_size, const Leaf8& leaf, size_t begin,
                size_t end) {
   std::vector<float> scratch(2 * block_size);
@@ -293,7 +299,7 @@ void StepRange(const StepScalars& s, size_t block_size, const Leaf8& leaf, size_
       if (start < begin) continue;
       if (start >= end) break;
       const size_t len = std::min(block_size, leaf.row - b * block_size);
-      StepBlock<kNesterov, kDecay, kClip>(s, leaf, start, len, row * leaf.blocks_per_row + b,
+      StepBlock<kNesterov, kDecay, kClip, kUpdate>(s, leaf, start, len, row * leaf.blocks_per_row + b,
                                    scratch.data(), scratch.data() + block_size);
     }
   }
@@ -308,16 +314,24 @@ ffi::ErrorOr<T*> Data(ffi::AnyBuffer buffer, ffi::DataType dtype, size_t count) 
   return static_cast<T*>(buffer.untyped_data());
 }
 
-constexpr size_t kIns = 7;   // g, θ, mu codes, mu scales, nu codes, nu scales, seed
-constexpr size_t kOuts = 5;  // θ, mu codes, mu scales, nu codes, nu scales
+// Per leaf, the step's operands: g, θ, mu codes, mu scales, nu codes, nu scales, seed; its
+// results: θ, mu codes, mu scales, nu codes, nu scales. tx.update's have no θ operand, and u in
+// θ's place among the results.
+constexpr size_t kIns = 7;
+constexpr size_t kOuts = 5;
 
-// Leaf `leaf`'s operands and results; its row length from its shape as _quantize._layout takes
-// it: the fewest last dimensions whose product reaches a block.
+// Leaf `leaf`'s operands and results (`update`: tx.update's); its row length from its shape as
+// _quantize._layout takes it: the fewest last dimensions whose product reaches a block.
 ffi::Error GetLeaf8(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, size_t leaf,
-                    size_t block_size, Leaf8& out) {
-  auto arg = [&](size_t k) { return args.get<ffi::AnyBuffer>(1 + leaf * kIns + k); };
+                    size_t block_size, bool update, Leaf8& out) {
+  const size_t ins = update ? kIns - 1 : kIns;
+  // operand k of the step's list; tx.update's lacks θ (k = 1), so later ones come one earlier
+  auto arg = [&](size_t k) {
+    return args.get<ffi::AnyBuffer>(1 + leaf * ins + (update && k > 1 ? k - 1 : k));
+  };
   auto ret = [&](size_t k) { return rets.get<ffi::AnyBuffer>(leaf * kOuts + k); };
   for (size_t k = 0; k < kIns; ++k) {
+    if (update && k == 1) continue;
     if (arg(k).has_error()) return arg(k).error();
   }
   for (size_t k = 0; k < kOuts; ++k) {
@@ -345,7 +359,7 @@ ffi::Error GetLeaf8(const ffi::RemainingArgs& args, const ffi::RemainingRets& re
   };
   const uint32_t* seed = nullptr;
   take(Data<const float>(*arg(0), F32, n), out.g);
-  take(Data<const float>(*arg(1), F32, n), out.theta_in);
+  if (!update) take(Data<const float>(*arg(1), F32, n), out.theta_in);
   take(Data<const uint8_t>(*arg(2), U8, n), out.mu_codes_in);
   take(Data<const float>(*arg(3), F32, blocks), out.mu_scales_in);
   take(Data<const uint8_t>(*arg(4), U8, n), out.nu_codes_in);
@@ -377,7 +391,7 @@ ffi::Future Adam8Step(ffi::ThreadPool pool, bool nesterov, bool decay, int64_t b
   const size_t bs = static_cast<size_t>(block_size);
   std::vector<Leaf8> leaves(rets.size() / kOuts);
   for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf8(args, rets, leaf, bs, leaves[leaf]); error.failure()) {
+    if (ffi::Error error = GetLeaf8(args, rets, leaf, bs, false, leaves[leaf]); error.failure()) {
       return Done(error);
     }
   }
@@ -395,6 +409,36 @@ ffi::Future Adam8Step(ffi::ThreadPool pool, bool nesterov, bool decay, int64_t b
                            });
 }
 
+// tx.update's kernel: operands the scalars (float32 AdamScalars), then per leaf (g, mu codes, mu
+// scales, nu codes, nu scales, seed); results per leaf (u, mu codes, mu scales, nu codes, nu
+// scales), the moments in place. The direction comes from the float32 moments before their
+// quantization (map_leaves' order for 8-bit state), which XLA cannot recompute from the codes, so
+// unlike the other update kernels this one writes u.
+ffi::Future Adam8Update(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                        ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  auto packed = GetScalars<float>(args, sizeof(AdamScalars<float>) / sizeof(float));
+  if (packed.has_error()) return Done(packed.error());
+  StepScalars s{};  // no clip (clip = 0), decay or learning rate: only Adam's are used
+  std::memcpy(&s.adam, *packed, sizeof(s.adam));
+  if (block_size < 1 || (args.size() - 1) % (kIns - 1) != 0 ||
+      (args.size() - 1) / (kIns - 1) * kOuts != rets.size()) {
+    return Done(ffi::Error::InvalidArgument("optadam adam8 kernel: operand count or block size"));
+  }
+  const size_t bs = static_cast<size_t>(block_size);
+  std::vector<Leaf8> leaves(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    if (ffi::Error error = GetLeaf8(args, rets, leaf, bs, true, leaves[leaf]); error.failure()) {
+      return Done(error);
+    }
+  }
+  using Range = void (*)(const StepScalars&, size_t, const Leaf8&, size_t, size_t);
+  Range update = nesterov ? StepRange<true, false, false, true> : StepRange<false, false, false, true>;
+  return InParallel<float>(pool, std::move(leaves),
+                           [s, bs, update](const Leaf8& leaf, size_t begin, size_t end) {
+                             update(s, bs, leaf, begin, end);
+                           });
+}
+
 }  // namespace
 }  // namespace optadam
 
@@ -403,6 +447,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_adam8_step_f32, optadam::Adam8Step,
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("nesterov")
                                   .Attr<bool>("decay")
+                                  .Attr<int64_t>("block_size")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_adam8_f32, optadam::Adam8Update,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
                                   .Attr<int64_t>("block_size")
                                   .RemainingArgs()
                                   .RemainingRets());
