@@ -473,7 +473,7 @@ def test_gradient_through_a_traced_8bit_update_takes_the_xla_math():
     grads = gradients(rng, shapes)
 
     def derivative(native: bool) -> Any:
-        tx, update, jaxpr = jitted_update(EIGHT_BIT["adam"], native)
+        tx, _, jaxpr = jitted_update(EIGHT_BIT["adam"], native)
         assert ("optadam_adam8_f32" in jaxpr) == native
         state = tx.init(params)
 
