@@ -18,8 +18,8 @@ leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, 
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``: the XLA path,
 ``_native`` its update kernel, ``_step`` its one pass) and bfloat16 moments, rounded to nearest
 and stochastically; the other families with bfloat16 moments (``bf16_state``); torch.optim
-(foreach, and fused where torch has it) when torch is installed. The full run peaks at ~22 GB of memory (the GPT-2 case); ``--cases`` picks
-fewer.
+(foreach, and fused where torch has it) when torch is installed. The full run peaks at ~22 GB
+of memory (the GPT-2 case); ``--cases`` picks fewer.
 
 Per contender it reports: compile time ("n/a" for torch, which does not compile), median step
 time and its min-max over rounds, effective GB/s (the bytes an ideal
