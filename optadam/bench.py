@@ -73,6 +73,8 @@ BYTES_MOVED = {
     ("adam_lean", "optadam_bf16_step"): 20,
     ("adam_lean", "optadam_bf16_sr"): 20,
     ("adam_lean", "optadam_bf16_sr_step"): 20,
+    ("adam_lean", "optadam_bf16_native"): 20,
+    ("adam_lean", "optadam_bf16_sr_native"): 20,
 }
 OPTIMIZERS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "sgd_momentum": {
@@ -114,10 +116,16 @@ OPTIMIZERS["adam_lean"] = {
     "optadam_bf16": lambda: xla_path(
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     ),
+    "optadam_bf16_native": lambda: native_path(
+        optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    ),
     "optadam_bf16_step": lambda: native_path(
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     ),
     "optadam_bf16_sr": lambda: xla_path(
+        optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
+    ),
+    "optadam_bf16_sr_native": lambda: native_path(
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
     ),
     "optadam_bf16_sr_step": lambda: native_path(
@@ -546,6 +554,9 @@ def targets(results: list[Result]) -> list[str]:
               [(case, lean, "optadam_step")], 1.0)  # fmt: skip
         ratio(f"{case} adam bfloat16 + stochastic rounding", (case, lean, "optadam_bf16_sr"),
               [(case, lean, "optadam_bf16")], 1.1)  # fmt: skip
+        ratio(f"{case} adam bfloat16 + stochastic rounding, tx.update with kernels",
+              (case, lean, "optadam_bf16_sr_native"), [(case, lean, "optadam_bf16_native")],
+              1.1)  # fmt: skip
         ratio(f"{case} adam bfloat16 + stochastic rounding, optadam.step",
               (case, lean, "optadam_bf16_sr_step"), [(case, lean, "optadam_bf16_step")],
               1.1)  # fmt: skip
