@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from harness import needs_kernels, trajectory
 from test_native_bf16 import SPECIAL, assert_bitwise
+from test_native_bf16 import problem as bf16_problem
 
 import optadam
 
 BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
-SHAPES = {"one": (1,), "odd": (3,), "w": (33, 5), "mid": (1023,), "big": (70_000,), "empty": (0,)}
 STEPS = 12
 
 # name: (params and gradients dtype, the optimizer, its kernel)
@@ -94,17 +94,10 @@ CASES: dict[str, tuple[Any, Callable[[], Any], str]] = {
 }
 
 
-def problem(dtype: Any, seed: int, steps: int = STEPS) -> tuple[dict, list[dict]]:
-    rng = np.random.default_rng(seed)
-    params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in SHAPES.items()}
-    grads = [
-        {
-            k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.integers(-3, 2), dtype)
-            for k, s in SHAPES.items()
-        }
-        for _ in range(steps)
-    ]
-    return params, grads
+def problem(dtype: Any, seed: int) -> tuple[dict, list[dict]]:
+    """test_native_bf16's leaves (1 to 70,000 elements and a zero-size one), ``STEPS`` steps."""
+    params, grads = bf16_problem(dtype, seed)
+    return params, grads[:STEPS]
 
 
 def assert_trees_bitwise(a: Any, b: Any) -> None:

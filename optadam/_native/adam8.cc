@@ -141,14 +141,7 @@ inline uint8_t EncodeStochastic(float a, float uniform) {
 
 // --- random bits (_quantize._mix, random_bits, _uniform) -------------------------------------
 
-// lowbias32 (C. Wellons), as _mix.
-inline uint32_t Mix(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  return x ^ (x >> 16);
-}
+// Mix: lowbias32, as _mix (leaves.h).
 
 // The uniform in [0, 1) of the element at flat position `index` of an array seeded `seed`.
 inline float Uniform(uint32_t index, uint32_t seed) {
@@ -375,6 +368,23 @@ ffi::Error GetLeaf8(const ffi::RemainingArgs& args, const ffi::RemainingRets& re
   return ffi::Error::Success();
 }
 
+// Every leaf of a call (`update`: tx.update's), after checking the operand count and block size.
+ffi::Error GetLeaves8(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                      int64_t block_size, bool update, std::vector<Leaf8>& leaves) {
+  const size_t ins = update ? kIns - 1 : kIns;
+  if (block_size < 1 || (args.size() - 1) % ins != 0 ||
+      (args.size() - 1) / ins * kOuts != rets.size()) {
+    return ffi::Error::InvalidArgument("optadam adam8 kernel: operand count or block size");
+  }
+  leaves.resize(rets.size() / kOuts);
+  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
+    ffi::Error error =
+        GetLeaf8(args, rets, leaf, static_cast<size_t>(block_size), update, leaves[leaf]);
+    if (error.failure()) return error;
+  }
+  return ffi::Error::Success();
+}
+
 // Operands: the scalars (float32, StepScalars), then per leaf (g, θ, mu codes, mu scales, nu codes, nu scales,
 // seed); results per leaf (θ, mu codes, mu scales, nu codes, nu scales), in place. Split over
 // XLA's thread pool as the other kernels are (InParallel), a block never split between ranges.
@@ -384,17 +394,11 @@ ffi::Future Adam8Step(ffi::ThreadPool pool, bool nesterov, bool decay, int64_t b
   if (packed.has_error()) return Done(packed.error());
   StepScalars s;
   std::memcpy(&s, *packed, sizeof(s));
-  if (block_size < 1 || (args.size() - 1) % kIns != 0 ||
-      (args.size() - 1) / kIns * kOuts != rets.size()) {
-    return Done(ffi::Error::InvalidArgument("optadam adam8 kernel: operand count or block size"));
+  std::vector<Leaf8> leaves;
+  if (ffi::Error error = GetLeaves8(args, rets, block_size, false, leaves); error.failure()) {
+    return Done(error);
   }
   const size_t bs = static_cast<size_t>(block_size);
-  std::vector<Leaf8> leaves(rets.size() / kOuts);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf8(args, rets, leaf, bs, false, leaves[leaf]); error.failure()) {
-      return Done(error);
-    }
-  }
   using Range = void (*)(const StepScalars&, size_t, const Leaf8&, size_t, size_t);
   // [nesterov][decay][clip]; whether to clip is known only now, from this step's norm
   static constexpr Range kRanges[2][2][2] = {
@@ -420,17 +424,11 @@ ffi::Future Adam8Update(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
   if (packed.has_error()) return Done(packed.error());
   StepScalars s{};  // no clip (clip = 0), decay or learning rate: only Adam's are used
   std::memcpy(&s.adam, *packed, sizeof(s.adam));
-  if (block_size < 1 || (args.size() - 1) % (kIns - 1) != 0 ||
-      (args.size() - 1) / (kIns - 1) * kOuts != rets.size()) {
-    return Done(ffi::Error::InvalidArgument("optadam adam8 kernel: operand count or block size"));
+  std::vector<Leaf8> leaves;
+  if (ffi::Error error = GetLeaves8(args, rets, block_size, true, leaves); error.failure()) {
+    return Done(error);
   }
   const size_t bs = static_cast<size_t>(block_size);
-  std::vector<Leaf8> leaves(rets.size() / kOuts);
-  for (size_t leaf = 0; leaf < leaves.size(); ++leaf) {
-    if (ffi::Error error = GetLeaf8(args, rets, leaf, bs, true, leaves[leaf]); error.failure()) {
-      return Done(error);
-    }
-  }
   using Range = void (*)(const StepScalars&, size_t, const Leaf8&, size_t, size_t);
   Range update = nesterov ? StepRange<true, false, false, true> : StepRange<false, false, false, true>;
   return InParallel<float>(pool, std::move(leaves),

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -32,6 +33,16 @@ inline T MulAdd(T a, T b, T c) {
 #else
   return a * b + c;
 #endif
+}
+
+// optadam/_quantize.py's _mix: the lowbias32 hash (C. Wellons), the random bits of stochastic
+// rounding (lowp.h) and of the 8-bit second moment (adam8.cc).
+inline uint32_t Mix(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
 }
 
 template <typename T>

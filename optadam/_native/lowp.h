@@ -32,15 +32,6 @@ inline float FloatOf(uint32_t bits) {
 
 inline bool IsNanBits(uint32_t bits) { return (bits & 0x7FFFFFFFu) > 0x7F800000u; }
 
-// optadam/_quantize.py's _mix: the lowbias32 hash.
-inline uint32_t Mix(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  return x ^ (x >> 16);
-}
-
 struct Float32Storage {
   using Stored = float;
   static constexpr ffi::DataType kType = ffi::DataType::F32;
