@@ -499,35 +499,80 @@ def _native_8bit_updates(
     for i, (g, m, v) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
         if g is not None and _kernel_fits_8bit(g, g, m, v, kernel.scalars):
             by_block.setdefault(m.block_size, []).append(i)
-    positions = _positions(g_leaves, 2)
-    scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
+
+    def update(g: Any, m: Any, v: Any) -> list[Any]:  # map_leaves' u and moments, floats
+        new = moments(g, m, v)
+        return [direction(g, *new), *new]
+
     done: dict[int, list[Any]] = {}
-    for block_size, indices in by_block.items():
-
-        def xla_8bit(g: Any, *stored: Any, block_size: int = block_size) -> list[Any]:
-            mu_codes, mu_scales, nu_codes, nu_scales, seed = stored
-            m = _quantize.dequantize(QuantizedArray(mu_codes, mu_scales, 1, block_size))
-            v = _quantize.dequantize(QuantizedArray(nu_codes, nu_scales, 2, block_size))
-            new_m, new_v = moments(g, m, v)
-            m_q = _quantize.quantize(new_m, 1, block_size)
-            v_q = _quantize.quantize(new_v, 2, block_size, seed)
-            return [direction(g, new_m, new_v), m_q.codes, m_q.scales, v_q.codes, v_q.scales]
-
-        # each second moment's array_seed (its position among all the moments' elements)
-        offsets = np.array([positions[i][1] for i in indices], np.uint64) % 2**32
-        seeds = jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
-        leaves = [
-            [jnp.asarray(g_leaves[i]), m.codes, m.scales, v.codes, v.scales, seeds[k]]
-            for k, (i, m, v) in enumerate((i, s_leaves[0][i], s_leaves[1][i]) for i in indices)
-        ]
-        in_place = {k: k for k in range(1, 5)}  # each moment's codes and scales; u is new
-        call = functools.partial(_native.call_blocks, block_size=block_size)
-        name = f"optadam_{kernel.name}8_f32"
-        outs = _kernel_call(name, kernel, xla_8bit, scalars, leaves, in_place, 5, call)
-        for i, (u, mu_codes, mu_scales, nu_codes, nu_scales) in zip(indices, outs, strict=True):
-            new_mu = QuantizedArray(mu_codes, mu_scales, 1, block_size)
-            done[i] = [u, new_mu, QuantizedArray(nu_codes, nu_scales, 2, block_size)]
+    for indices in by_block.values():
+        outs = _call_8bit(
+            f"optadam_{kernel.name}8_f32",
+            kernel,
+            update,
+            [[jnp.asarray(g_leaves[i])] for i in indices],
+            [(s_leaves[0][i], s_leaves[1][i]) for i in indices],
+            _8bit_seeds(rounding_seed, g_leaves, indices),
+            head_in_place=False,
+        )
+        done.update(zip(indices, outs, strict=True))
     return done
+
+
+def _8bit_seeds(rounding_seed: jax.Array, g_leaves: list[Any], indices: list[int]) -> jax.Array:
+    """The array_seed of each listed leaf's 8-bit second moment: ``rounding_seed`` plus its
+    position among all the moments' elements, as :func:`map_leaves` counts them."""
+    positions = _positions(g_leaves, 2)
+    offsets = np.array([positions[i][1] for i in indices], np.uint64) % 2**32
+    return jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
+
+
+def _call_8bit(
+    name: str,
+    kernel: Kernel,
+    f: Callable[..., list[Any]],
+    leads: list[list[Any]],
+    moments: list[tuple[QuantizedArray, QuantizedArray]],
+    seeds: jax.Array,
+    *,
+    head_in_place: bool,
+) -> list[list[Any]]:
+    """One 8-bit kernel call (adam8.cc) over leaves whose mu and nu are 8-bit codes of one block
+    size: per leaf ``[head, new mu, new nu]``. Operands per leaf: ``lead`` (g, or g and θ), each
+    moment's codes and scales, the second moment's seed; results: the head (u, or θ updated in
+    place of the lead's second operand with ``head_in_place``), then codes and scales in place.
+    ``f(*lead, m, v) -> [head, new m, new v]`` on float moments is the XLA math, run between
+    dequantizing and quantizing (the second moment with the seed): the derivative rule."""
+    block_size = moments[0][0].block_size
+
+    def xla_8bit(*operands: Any) -> list[Any]:
+        *lead, mu_codes, mu_scales, nu_codes, nu_scales, seed = operands
+        m = _quantize.dequantize(QuantizedArray(mu_codes, mu_scales, 1, block_size))
+        v = _quantize.dequantize(QuantizedArray(nu_codes, nu_scales, 2, block_size))
+        head, new_m, new_v = f(*lead, m, v)
+        m_q = _quantize.quantize(new_m, 1, block_size)
+        v_q = _quantize.quantize(new_v, 2, block_size, seed)
+        return [head, m_q.codes, m_q.scales, v_q.codes, v_q.scales]
+
+    leaves = [
+        [*lead, mu.codes, mu.scales, nu.codes, nu.scales, seeds[k]]
+        for k, (lead, (mu, nu)) in enumerate(zip(leads, moments, strict=True))
+    ]
+    n_lead = len(leads[0])
+    in_place = {n_lead + k: 1 + k for k in range(4)}  # each moment's codes and scales
+    if head_in_place:
+        in_place[1] = 0  # θ
+    scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
+    call = functools.partial(_native.call_blocks, block_size=block_size)
+    outs = _kernel_call(name, kernel, xla_8bit, scalars, leaves, in_place, 5, call)
+    return [
+        [
+            head,
+            QuantizedArray(mu_codes, mu_scales, 1, block_size),
+            QuantizedArray(nu_codes, nu_scales, 2, block_size),
+        ]
+        for head, mu_codes, mu_scales, nu_codes, nu_scales in outs
+    ]
 
 
 def native_step_8bit(
@@ -566,20 +611,15 @@ def native_step_8bit(
         return None
     quantized: list[int] = []
     plain: list[int] = []
-    positions: list[int] = []  # each 8-bit second moment's position, as map_leaves counts them
-    position = 0
     for i, (g, p, m, v) in enumerate(zip(g_leaves, p_leaves, mu_leaves, nu_leaves, strict=True)):
         if g is None:  # no param here (native_step passes it through) or no gradient (XLA path)
             plain.append(i)
-            continue
-        if isinstance(m, QuantizedArray) or isinstance(v, QuantizedArray):
+        elif isinstance(m, QuantizedArray) or isinstance(v, QuantizedArray):
             if not _kernel_fits_8bit(g, p, m, v, kernel.scalars):
                 return None
             quantized.append(i)
-            positions.append((position + jnp.size(g)) % 2**32)
         else:
             plain.append(i)
-        position += 2 * jnp.size(g)
     block_sizes = {mu_leaves[i].block_size for i in quantized}
     if not quantized or len(block_sizes) != 1:
         return None
@@ -590,39 +630,16 @@ def native_step_8bit(
         if floats is None:
             return None
         done.update(zip(plain, zip(*floats, strict=True), strict=True))
-    (block_size,) = block_sizes
-
-    def xla_8bit(g: Any, p: Any, *stored: Any) -> list[Any]:
-        mu_codes, mu_scales, nu_codes, nu_scales, seed = stored
-        m = _quantize.dequantize(QuantizedArray(mu_codes, mu_scales, 1, block_size))
-        v = _quantize.dequantize(QuantizedArray(nu_codes, nu_scales, 2, block_size))
-        new_p, new_m, new_v = xla(g, p, m, v)
-        m_q = _quantize.quantize(new_m, 1, block_size)
-        v_q = _quantize.quantize(new_v, 2, block_size, seed)
-        return [new_p, m_q.codes, m_q.scales, v_q.codes, v_q.scales]
-
-    seeds = rounding_seed + jnp.asarray(positions, jnp.uint32)  # array_seed, all leaves at once
-    leaves = [
-        [
-            jnp.asarray(g_leaves[i]),
-            p_leaves[i],
-            mu_leaves[i].codes,
-            mu_leaves[i].scales,
-            nu_leaves[i].codes,
-            nu_leaves[i].scales,
-            seeds[k],
-        ]
-        for k, i in enumerate(quantized)
-    ]
-    scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
-    in_place = {k: k - 1 for k in range(1, 6)}  # θ, then each moment's codes and scales
-    call = functools.partial(_native.call_blocks, block_size=block_size)
-    name = f"optadam_{kernel.name}8_step_f32"
-    outs = _kernel_call(name, kernel, xla_8bit, scalars, leaves, in_place, 5, call)
-    for i, (new_p, mu_codes, mu_scales, nu_codes, nu_scales) in zip(quantized, outs, strict=True):
-        new_mu = QuantizedArray(mu_codes, mu_scales, 1, block_size)
-        new_nu = QuantizedArray(nu_codes, nu_scales, 2, block_size)
-        done[i] = (new_p, new_mu, new_nu)
+    outs = _call_8bit(
+        f"optadam_{kernel.name}8_step_f32",
+        kernel,
+        xla,
+        [[jnp.asarray(g_leaves[i]), p_leaves[i]] for i in quantized],
+        [(mu_leaves[i], nu_leaves[i]) for i in quantized],
+        _8bit_seeds(rounding_seed, g_leaves, quantized),
+        head_in_place=True,
+    )
+    done.update(zip(quantized, outs, strict=True))
     columns = zip(*(done[i] for i in range(len(g_leaves))), strict=True)
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
 

@@ -3,7 +3,6 @@
 // and order. The Python stays the definition; tests/test_native.py holds this file to it.
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "leaves.h"
 #include "lowp.h"
