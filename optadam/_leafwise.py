@@ -259,6 +259,29 @@ def _leaf_update(
     return [direction(g_wide, *seen).astype(g.dtype), *stored]
 
 
+def stored_step(
+    moments: Callable[..., Sequence[jax.Array]],
+    direction: Callable[..., jax.Array],
+    g: jax.Array,
+    p: jax.Array,
+    s: list[Any],
+    minus_lr: Any,
+) -> list[Any]:
+    """One leaf of ``update`` + ``apply_updates`` in jnp, ``[θ_t, *new states as stored]``:
+    :func:`map_leaves`' update (moments rounded to nearest), then ``scale_by_learning_rate``'s
+    ``(−η)·u`` and ``θ + that``, each rounded as those round it -- identities in float32 and
+    float64. The one passes' derivative rule, low-precision storage included."""
+    u, *stored = _leaf_update(moments, direction, g, s, None, None, 0)
+    step = (u.astype(_dtypes.compute_dtype(u.dtype)) * minus_lr).astype(u.dtype)
+    return [(p + step).astype(p.dtype), *stored]
+
+
+def low_precision(params: optax.Params) -> bool:
+    """Some params narrower than float32 (bfloat16, float16): a one pass then takes no clip or
+    decay (``update`` + ``apply_updates`` would round c, λ and the products to their dtype)."""
+    return any(jnp.dtype(jnp.result_type(p)).itemsize < 4 for p in jax.tree.leaves(params))
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """|x|², real even for complex x (so second moments of complex parameters are real arrays)."""
     return (x.conj() * x).real if jnp.iscomplexobj(x) else x * x
@@ -281,7 +304,7 @@ _NATIVE_DTYPES = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.float64): "f64"}
 # ``optadam_<name>_step_lowp``: gradients (and params) in float32, bfloat16 or float16, moments in
 # float32 or bfloat16, math in float32 (optadam/_native/lowp.h).
 _LOWP_KERNELS = ("adam", "momentum", "rms", "adagrad", "amsgrad", "radam")
-_LOWP_STEP_KERNELS = ("adam",)
+_LOWP_STEP_KERNELS = ("adam", "momentum", "rms", "adagrad", "amsgrad", "radam")
 _LOWP_GRADIENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _LOWP_MOMENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 

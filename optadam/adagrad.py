@@ -19,14 +19,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _checks, _dtypes, _quantize
+from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
     abs_sq,
     full_like,
+    low_precision,
     map_leaves,
     native_step,
     safe_increment,
+    stored_step,
     with_one_pass,
     zero_count,
 )
@@ -50,11 +52,18 @@ def adagrad_direction(g: Any, s: Any, eps: Any) -> Any:
     return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0) * g
 
 
-def adagrad_kernel(eps: Any, *step_scalars: Any, eps_in_sqrt: bool = True) -> Kernel:
+def adagrad_kernel(eps: Any, eps_in_sqrt: bool = True, *, step: tuple[Any, ...] = ()) -> Kernel:
     """The native AdaGrad kernel (optadam/_native/adagrad.cc) with this step's scalars, in its
-    C++ struct's order: ε, then (for ``optadam.step``) −η. ``eps_in_sqrt=False`` is torch's
-    direction, ``g_t / (sqrt(s_t) + ε)`` (``optadam.torch.Adagrad``)."""
-    return Kernel("adagrad", (eps, *step_scalars), (("eps_in_sqrt", eps_in_sqrt),))
+    C++ structs' order: for ``optadam.step`` the clip's three (``step[:-1]``), then ε, then (for
+    ``optadam.step``) −η (``step[-1]``). ``eps_in_sqrt=False`` is torch's direction,
+    ``g_t / (sqrt(s_t) + ε)`` (``optadam.torch.Adagrad``)."""
+    scalars = (*step[:-1], eps, *step[-1:])
+    return Kernel("adagrad", scalars, (("eps_in_sqrt", eps_in_sqrt),))
+
+
+def adagrad_moments(g: Any, s: Any) -> tuple[Any]:
+    """:func:`adagrad_sum` as :func:`optadam._leafwise.map_leaves` takes it."""
+    return (adagrad_sum(g, s),)
 
 
 def scale_by_adagrad(
@@ -96,16 +105,13 @@ def scale_by_adagrad(
     ) -> tuple[optax.Updates, ScaleByAdagradState]:
         del params
 
-        def moments(g: Any, s: Any) -> tuple[Any, ...]:
-            return (adagrad_sum(g, s),)
-
         def direction(g: Any, s: Any) -> Any:
             return adagrad_direction(g, s, eps)
 
         t = None if state.count is None else safe_increment(state.count)
         rounding = None if t is None else _quantize.rounding_seed(t, "adagrad")
         updates, sum_of_squares = map_leaves(
-            moments,
+            adagrad_moments,
             direction,
             updates,
             state.sum_of_squares,
@@ -152,20 +158,29 @@ def adagrad(
         ),
         scale_by_learning_rate(learning_rate),
     )
-    return with_one_pass(tx, _adagrad_one_pass(eps, learning_rate))
+    return with_one_pass(tx, _adagrad_one_pass(eps, learning_rate), takes_clip=True)
 
 
 def _adagrad_one_pass(eps: Any, learning_rate: optax.ScalarOrSchedule) -> Any:
     """``optadam.step``'s one pass for ``chain(scale_by_adagrad, scale_by_learning_rate)``: the
     native step kernel with the chain's scalars, each state advanced as its transformation
-    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. a
-    bfloat16 sum, kernels off (``optadam._leafwise.native_step``)."""
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. kernels
+    off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first; with
+    bfloat16/float16 params it takes the two calls, which round ``c`` to their dtype."""
 
-    def one_pass(grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    def direction(g: Any, s: Any) -> Any:
+        return adagrad_direction(g, s, eps)
+
+    def one_pass(
+        grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
+    ) -> tuple[Any, Any] | None:
         if not isinstance(state, tuple) or len(state) != 2:
             return None
         adagrad_state, lr_state = state
         if not isinstance(adagrad_state, ScaleByAdagradState):
+            return None
+        if clip is not None and low_precision(params):
             return None
         if callable(learning_rate):
             minus_lr = -learning_rate(lr_state.count)
@@ -173,18 +188,20 @@ def _adagrad_one_pass(eps: Any, learning_rate: optax.ScalarOrSchedule) -> Any:
         else:
             minus_lr = -learning_rate
 
-        def xla(g: Any, p: Any, s: Any) -> list[Any]:
-            s = adagrad_sum(g, s)
-            u = adagrad_direction(g, s, eps)
-            return [(p + u * minus_lr).astype(p.dtype), s]
+        def xla(g: Any, p: Any, s: Any) -> list[Any]:  # update + apply_updates, one leaf
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
+            return stored_step(adagrad_moments, direction, g, p, [s], minus_lr)
 
-        kernel = adagrad_kernel(eps, minus_lr)
-        done = native_step(kernel, xla, grads, params, adagrad_state.sum_of_squares)
+        kernel = adagrad_kernel(eps, step=(*clipping.kernel_scalars(clip), minus_lr))
+        count = adagrad_state.count
+        t = None if count is None else safe_increment(count)
+        rounding = None if t is None else _quantize.rounding_seed(t, "adagrad")  # as update's
+        sums = adagrad_state.sum_of_squares
+        done = native_step(kernel, xla, grads, params, sums, rounding_seed=rounding)
         if done is None:
             return None
         new_params, sum_of_squares = done
-        count = adagrad_state.count
-        t = None if count is None else safe_increment(count)
         return new_params, (ScaleByAdagradState(sum_of_squares, count=t), lr_state)
 
     return one_pass

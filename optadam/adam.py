@@ -31,10 +31,12 @@ from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
     abs_sq,
+    low_precision,
     map_leaves,
     native_step,
     native_step_8bit,
     safe_increment,
+    stored_step,
     with_one_pass,
     zero_count,
 )
@@ -512,8 +514,7 @@ def _adam_one_pass(
             decay_state = [type(schedule)(safe_increment(schedule.count))]
         elif decays:
             wd = weight_decay
-        low = [p for p in jax.tree.leaves(params) if jnp.dtype(jnp.result_type(p)).itemsize < 4]
-        if low and (decays or clip is not None):
+        if low_precision(params) and (decays or clip is not None):
             return None
         kernel = Kernel(
             "adam",
@@ -602,7 +603,8 @@ def amsgrad(
         scale_by_learning_rate(learning_rate),
     )
     corrections = (bias_correction_mu, bias_correction_nu)
-    one_pass = _amsgrad_one_pass(b1, b2, eps, eps_root, corrections, learning_rate)
+    seeded = stochastic_rounding or state_bits is not None
+    one_pass = _amsgrad_one_pass(b1, b2, eps, eps_root, corrections, learning_rate, seeded=seeded)
     return with_one_pass(tx, one_pass, takes_clip=True)
 
 
@@ -613,13 +615,17 @@ def _amsgrad_one_pass(
     eps_root: Any,
     corrections: tuple[bool, bool],
     learning_rate: optax.ScalarOrSchedule,
+    *,
+    seeded: bool = False,
 ) -> Any:
     """``optadam.step``'s one pass for ``chain(scale_by_amsgrad, scale_by_learning_rate)``: the
     native step kernel with the chain's scalars, each state advanced as its transformation
-    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
-    bfloat16 state, kernels off (``optadam._leafwise.native_step``). ``corrections``:
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit
+    state, kernels off (``optadam._leafwise.native_step``). ``corrections``:
     ``(bias_correction_mu, bias_correction_nu)``. A ``clip``
-    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first; with
+    bfloat16/float16 params it takes the two calls. ``seeded``: bfloat16 moments are rounded
+    stochastically, with ``update``'s bits."""
 
     def one_pass(
         grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
@@ -628,6 +634,8 @@ def _amsgrad_one_pass(
             return None
         amsgrad_state, lr_state = state
         if not isinstance(amsgrad_state, ScaleByAmsgradState):
+            return None
+        if clip is not None and low_precision(params):
             return None
         t = safe_increment(amsgrad_state.count)
         c1, c2 = amsgrad_bias_corrections(b1, b2, t, *corrections)
@@ -639,15 +647,20 @@ def _amsgrad_one_pass(
         scalars = amsgrad_scalars(b1, b2, eps, eps_root, c1, c2)
         kernel = Kernel("amsgrad", (*clipping.kernel_scalars(clip), *scalars, minus_lr))
 
-        def xla(g: Any, p: Any, mu: Any, nu: Any, nu_max: Any) -> list[Any]:
+        def moments(g: Any, mu: Any, nu: Any, nu_max: Any) -> tuple[Any, ...]:
+            return amsgrad_moments(g, mu, nu, nu_max, b1, b2, c2)
+
+        def direction(g: Any, mu: Any, nu: Any, nu_max: Any) -> Any:
+            return amsgrad_direction(mu, nu_max, eps, eps_root, c1)
+
+        def xla(g: Any, p: Any, *state: Any) -> list[Any]:  # update + apply_updates, one leaf
             if clip is not None:
                 g = clipping.clip_leaf(g, clip)
-            mu, nu, nu_max = amsgrad_moments(g, mu, nu, nu_max, b1, b2, c2)
-            u = amsgrad_direction(mu, nu_max, eps, eps_root, c1)
-            return [(p + u * minus_lr).astype(p.dtype), mu, nu, nu_max]
+            return stored_step(moments, direction, g, p, list(state), minus_lr)
 
-        moments = (amsgrad_state.mu, amsgrad_state.nu, amsgrad_state.nu_max)
-        done = native_step(kernel, xla, grads, params, *moments)
+        states = (amsgrad_state.mu, amsgrad_state.nu, amsgrad_state.nu_max)
+        rounding = _quantize.rounding_seed(t, "amsgrad") if seeded else None  # as update's
+        done = native_step(kernel, xla, grads, params, *states, rounding_seed=rounding)
         if done is None:
             return None
         new_params, mu, nu, nu_max = done

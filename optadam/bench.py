@@ -17,7 +17,8 @@ optadam with small leaves grouped (``optadam.grouped``; only where it finds
 leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, rmsprop, adam,
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``: the XLA path,
 ``_native`` its update kernel, ``_step`` its one pass) and bfloat16 moments, rounded to nearest
-and stochastically; the other families with bfloat16 moments (``bf16_state``); torch.optim
+and stochastically; the other families with bfloat16 moments (``bf16_state``: ``_xla``,
+``_native`` and ``_step`` likewise); torch.optim
 (foreach, and fused where torch has it) when torch is installed. The full run peaks at ~22 GB
 of memory (the GPT-2 case); ``--cases`` picks fewer.
 
@@ -132,8 +133,9 @@ OPTIMIZERS["adam_lean"] = {
         optadam.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16, stochastic_rounding=True)
     ),
 }
-# The other families with bfloat16 moments (tx.update + apply_updates: their low-precision kernels
-# advance the moments, optadam/_native/lowp.h), each on the XLA path and with its kernel.
+# The other families with bfloat16 moments, each on the XLA path, with its tx.update kernel
+# (+ apply_updates: the kernel advances the moments, optadam/_native/lowp.h) and as optadam.step's
+# one pass (``_step``: LowpStepCall).
 BF16 = jnp.bfloat16
 BF16_STATE: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] = {
     # family: (optimizer, bytes per parameter of one ideal pass: p 8, g 4, each moment 4)
@@ -156,7 +158,7 @@ def _on_path(
 
 OPTIMIZERS["bf16_state"] = {}
 for _family, (_make, _bytes) in BF16_STATE.items():
-    for _path, _native in (("xla", False), ("native", True)):
+    for _path, _native in (("xla", False), ("native", True), ("step", True)):
         OPTIMIZERS["bf16_state"][f"{_family}_{_path}"] = _on_path(_make, _native)
         BYTES_MOVED[("bf16_state", f"{_family}_{_path}")] = _bytes
 OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then AdamW

@@ -25,9 +25,11 @@ import optax
 from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
+    low_precision,
     map_leaves,
     native_step,
     safe_increment,
+    stored_step,
     with_one_pass,
     zero_count,
 )
@@ -39,6 +41,16 @@ class ScaleByMomentumState(NamedTuple):
 
     trace: optax.Params  # decaying sum of past gradients, params' dtype unless accumulator_dtype
     count: jax.Array | None = None  # type: ignore[assignment]  # steps so far, int32; only with stochastic_rounding (its seed)
+
+
+def momentum_moments(decay: Any) -> Callable[[Any, Any], tuple[Any]]:
+    """trace_t = g_t + β · trace_{t-1}, as :func:`optadam._leafwise.map_leaves` takes it."""
+    return lambda g, trace: (g + decay * trace,)
+
+
+def momentum_direction(decay: Any, nesterov: bool) -> Callable[[Any, Any], Any]:
+    """u_t = trace_t, or Nesterov's g_t + β · trace_t."""
+    return lambda g, trace: g + decay * trace if nesterov else trace
 
 
 def scale_by_momentum(
@@ -93,12 +105,7 @@ def scale_by_momentum(
     ) -> tuple[optax.Updates, ScaleByMomentumState]:
         del params
 
-        def moments(g: Any, trace: Any) -> tuple[Any, ...]:
-            return (g + decay * trace,)
-
-        def direction(g: Any, trace: Any) -> Any:
-            return g + decay * trace if nesterov else trace
-
+        moments, direction = momentum_moments(decay), momentum_direction(decay, nesterov)
         t = None if state.count is None else safe_increment(state.count)
         rounding = None if t is None else _quantize.rounding_seed(t, "momentum")
         native = Kernel("momentum", (decay,), (("nesterov", nesterov),))
@@ -173,9 +180,11 @@ def _momentum_one_pass(
 ) -> Callable[..., tuple[Any, Any] | None]:
     """``optadam.step``'s one pass for ``chain(scale_by_momentum, scale_by_learning_rate)``: the
     native step kernel with the chain's scalars, each state advanced as its transformation
-    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
-    bfloat16 trace, kernels off (``optadam._leafwise.native_step``). A ``clip``
-    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit
+    trace, kernels off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first; with
+    bfloat16/float16 params it takes the two calls, which round ``c`` to their dtype."""
+    moments, direction = momentum_moments(decay), momentum_direction(decay, nesterov)
 
     def one_pass(
         grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
@@ -185,6 +194,8 @@ def _momentum_one_pass(
         momentum_state, lr_state = state
         if not isinstance(momentum_state, ScaleByMomentumState):
             return None
+        if clip is not None and low_precision(params):
+            return None
         if callable(learning_rate):
             minus_lr = -learning_rate(lr_state.count)
             lr_state = optax.ScaleByScheduleState(count=safe_increment(lr_state.count))
@@ -193,19 +204,18 @@ def _momentum_one_pass(
         scalars = (*clipping.kernel_scalars(clip), decay, minus_lr)
         kernel = Kernel("momentum", scalars, (("nesterov", nesterov),))
 
-        def xla(g: Any, p: Any, trace: Any) -> list[Any]:
+        def xla(g: Any, p: Any, trace: Any) -> list[Any]:  # update + apply_updates, one leaf
             if clip is not None:
                 g = clipping.clip_leaf(g, clip)
-            trace = g + decay * trace
-            u = g + decay * trace if nesterov else trace
-            return [(p + u * minus_lr).astype(p.dtype), trace]
+            return stored_step(moments, direction, g, p, [trace], minus_lr)
 
-        done = native_step(kernel, xla, grads, params, momentum_state.trace)
+        count = momentum_state.count
+        t = None if count is None else safe_increment(count)
+        rounding = None if t is None else _quantize.rounding_seed(t, "momentum")  # as update's
+        done = native_step(kernel, xla, grads, params, momentum_state.trace, rounding_seed=rounding)
         if done is None:
             return None
         new_params, trace = done
-        count = momentum_state.count
-        t = None if count is None else safe_increment(count)
         return new_params, (ScaleByMomentumState(trace=trace, count=t), lr_state)
 
     return one_pass

@@ -21,7 +21,15 @@ import jax.numpy as jnp
 import optax
 
 from optadam import _checks, _quantize, clipping
-from optadam._leafwise import Kernel, map_leaves, native_step, safe_increment, with_one_pass
+from optadam._leafwise import (
+    Kernel,
+    low_precision,
+    map_leaves,
+    native_step,
+    safe_increment,
+    stored_step,
+    with_one_pass,
+)
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.adam import (
     ScaleByAdamState,
@@ -197,7 +205,10 @@ def radam(
         ),
         scale_by_learning_rate(learning_rate),
     )
-    one_pass = _radam_one_pass(b1, b2, eps, eps_root, threshold, nesterov, learning_rate)
+    seeded = stochastic_rounding or state_bits is not None
+    one_pass = _radam_one_pass(
+        b1, b2, eps, eps_root, threshold, nesterov, learning_rate, seeded=seeded
+    )
     return with_one_pass(tx, one_pass, takes_clip=True)
 
 
@@ -209,12 +220,16 @@ def _radam_one_pass(
     threshold: Any,
     nesterov: bool,
     learning_rate: optax.ScalarOrSchedule,
+    *,
+    seeded: bool = False,
 ) -> Any:
     """``optadam.step``'s one pass for ``chain(scale_by_radam, scale_by_learning_rate)``: the
     native step kernel with the chain's scalars, each state advanced as its transformation
-    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit or
-    bfloat16 state, kernels off (``optadam._leafwise.native_step``). A ``clip``
-    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
+    advances it; None (so ``update`` + ``apply_updates``) where it does not apply -- e.g. 8-bit
+    state, kernels off (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first; with
+    bfloat16/float16 params it takes the two calls. ``seeded``: bfloat16 moments are rounded
+    stochastically, with ``update``'s bits."""
 
     def one_pass(
         grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
@@ -223,6 +238,8 @@ def _radam_one_pass(
             return None
         radam_state, lr_state = state
         if not isinstance(radam_state, ScaleByAdamState):
+            return None
+        if clip is not None and low_precision(params):
             return None
         t = safe_increment(radam_state.count)
         c1, c2, c1_next = adam_bias_corrections(b1, b2, t)
@@ -236,16 +253,22 @@ def _radam_one_pass(
         step_scalars = (*clipping.kernel_scalars(clip), *scalars, minus_lr)
         kernel = Kernel("radam", step_scalars, (("nesterov", nesterov),))
 
-        def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:
-            if clip is not None:
-                g = clipping.clip_leaf(g, clip)
-            mu, nu = adam_moments(g, mu, nu, b1, b2)
-            u = radam_direction(
+        def moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+            return adam_moments(g, mu, nu, b1, b2)
+
+        def direction(g: Any, mu: Any, nu: Any) -> Any:
+            return radam_direction(
                 g, mu, nu, b1, eps, eps_root, c1, c2, c1_next, nesterov, rho, threshold, r
             )
-            return [(p + u * minus_lr).astype(p.dtype), mu, nu]
 
-        done = native_step(kernel, xla, grads, params, radam_state.mu, radam_state.nu)
+        def xla(g: Any, p: Any, mu: Any, nu: Any) -> list[Any]:  # update + apply_updates, one leaf
+            if clip is not None:
+                g = clipping.clip_leaf(g, clip)
+            return stored_step(moments, direction, g, p, [mu, nu], minus_lr)
+
+        rounding = _quantize.rounding_seed(t, "radam") if seeded else None  # as update's
+        states = (radam_state.mu, radam_state.nu)
+        done = native_step(kernel, xla, grads, params, *states, rounding_seed=rounding)
         if done is None:
             return None
         new_params, mu, nu = done

@@ -16,6 +16,7 @@ codes (``state_bits=8``); see ``optadam._quantize``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -26,9 +27,11 @@ from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
     abs_sq,
+    low_precision,
     map_leaves,
     native_step,
     safe_increment,
+    stored_step,
     with_one_pass,
     zero_count,
 )
@@ -65,6 +68,25 @@ def rms_direction(g: Any, mu: Any, nu: Any, c: Any, eps: Any, eps_in_sqrt: bool)
         var = jnp.maximum(var - abs_sq(mu / c), 0)
     scale = jax.lax.rsqrt(var + eps) if eps_in_sqrt else 1 / (jnp.sqrt(var) + eps)
     return scale * g
+
+
+def rms_leaf(
+    decay: Any, eps: Any, c: Any, centered: bool, eps_in_sqrt: bool
+) -> tuple[Callable[..., tuple[Any, ...]], Callable[..., Any]]:
+    """``(moments, direction)`` of one leaf as :func:`optadam._leafwise.map_leaves` takes them:
+    over ``(g, nu)``, or ``(g, mu, nu)`` when centered."""
+    if not centered:
+        return (
+            lambda g, nu: (rms_nu(g, nu, decay),),
+            lambda g, nu: rms_direction(g, None, nu, c, eps, eps_in_sqrt),
+        )
+
+    def centered_moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
+        nu = rms_nu(g, nu, decay)
+        mu = rms_mu(g, mu, decay)
+        return mu, nu
+
+    return centered_moments, lambda g, mu, nu: rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
 
 
 def rms_scalars(decay: Any, eps: Any, c: Any) -> tuple[Any, ...]:
@@ -156,26 +178,13 @@ def scale_by_rms(
         if t is not None and seeded:
             rounding = _quantize.rounding_seed(t, "rms")
 
-        def plain_moments(g: Any, nu: Any) -> tuple[Any, ...]:
-            return (rms_nu(g, nu, decay),)
-
-        def plain_direction(g: Any, nu: Any) -> Any:
-            return rms_direction(g, None, nu, c, eps, eps_in_sqrt)
-
-        def centered_moments(g: Any, mu: Any, nu: Any) -> tuple[Any, ...]:
-            nu = rms_nu(g, nu, decay)
-            mu = rms_mu(g, mu, decay)
-            return mu, nu
-
-        def centered_direction(g: Any, mu: Any, nu: Any) -> Any:
-            return rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
-
         native = Kernel("rms", rms_scalars(decay, eps, c), rms_options(centered, eps_in_sqrt))
+        moments, direction = rms_leaf(decay, eps, c, centered, eps_in_sqrt)
         mu = None
         if centered:
             updates, mu, nu = map_leaves(
-                centered_moments,
-                centered_direction,
+                moments,
+                direction,
                 updates,
                 state.mu,
                 state.nu,
@@ -184,12 +193,7 @@ def scale_by_rms(
             )
         else:
             updates, nu = map_leaves(
-                plain_moments,
-                plain_direction,
-                updates,
-                state.nu,
-                rounding_seed=rounding,
-                kernel=native,
+                moments, direction, updates, state.nu, rounding_seed=rounding, kernel=native
             )
         return updates, ScaleByRmsState(count=t, mu=mu, nu=nu)
 
@@ -268,7 +272,15 @@ def rmsprop(
         trace,
     )
     one_pass = _rms_one_pass(
-        decay, eps, eps_in_sqrt, bias_correction, centered, learning_rate, momentum, nesterov
+        decay,
+        eps,
+        eps_in_sqrt,
+        bias_correction,
+        centered,
+        learning_rate,
+        momentum,
+        nesterov,
+        seeded=stochastic_rounding or state_bits is not None,
     )
     return with_one_pass(tx, one_pass, takes_clip=True)
 
@@ -282,13 +294,18 @@ def _rms_one_pass(
     learning_rate: optax.ScalarOrSchedule,
     momentum: Any,
     nesterov: bool,
+    *,
+    seeded: bool = False,
 ) -> Any:
     """``optadam.step``'s one pass for ``chain(scale_by_rms, scale_by_learning_rate, trace)``,
     the trace ``identity`` or ``scale_by_momentum``: the native step kernel (``rms_step``, or
     ``rms_momentum_step`` with a trace) with the chain's scalars, each state advanced as its
     transformation advances it; None (so ``update`` + ``apply_updates``) where it does not apply
-    -- e.g. 8-bit or bfloat16 state, kernels off (``optadam._leafwise.native_step``). A ``clip``
-    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first."""
+    -- e.g. 8-bit state, a bfloat16 state with a trace, kernels off
+    (``optadam._leafwise.native_step``). A ``clip``
+    (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first; with
+    bfloat16/float16 params it takes the two calls. ``seeded``: bfloat16 moments are rounded
+    stochastically, with ``update``'s bits."""
 
     def one_pass(
         grads: Any, state: Any, params: Any, clip: clipping.GlobalNormClip | None = None
@@ -299,6 +316,8 @@ def _rms_one_pass(
         if not isinstance(rms_state, ScaleByRmsState):
             return None
         if momentum is not None and not isinstance(trace_state, ScaleByMomentumState):
+            return None
+        if clip is not None and low_precision(params):
             return None
         t = None if rms_state.count is None else safe_increment(rms_state.count)
         c = 1 - decay**t if t is not None and bias_correction else 1
@@ -314,15 +333,17 @@ def _rms_one_pass(
             scalars, options = (*scalars, momentum), (*options, ("nesterov", nesterov))
             kernel = Kernel("rms_momentum", scalars, options)
 
-        def xla(g: Any, p: Any, *moments: Any) -> list[Any]:
+        def xla(g: Any, p: Any, *moments: Any) -> list[Any]:  # update + apply_updates, one leaf
             if clip is not None:
                 g = clipping.clip_leaf(g, clip)
+            if momentum is None:
+                leaf_moments, leaf_direction = rms_leaf(decay, eps, c, centered, eps_in_sqrt)
+                return stored_step(leaf_moments, leaf_direction, g, p, list(moments), minus_lr)
+            # with a trace: float32 and float64 only (rms_momentum has no low-precision kernel)
             nu = rms_nu(g, moments[1 if centered else 0], decay)
             mu = rms_mu(g, moments[0], decay) if centered else None
             u = rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
             new = [nu] if mu is None else [mu, nu]
-            if momentum is None:
-                return [(p + u * minus_lr).astype(p.dtype), *new]
             v = u * minus_lr  # scale_by_learning_rate, then scale_by_momentum's trace over it
             trace = v + momentum * moments[-1]
             step = v + momentum * trace if nesterov else trace
@@ -331,7 +352,8 @@ def _rms_one_pass(
         moments = (rms_state.nu,) if not centered else (rms_state.mu, rms_state.nu)
         if momentum is not None:
             moments = (*moments, trace_state.trace)
-        done = native_step(kernel, xla, grads, params, *moments)
+        rounding = _quantize.rounding_seed(t, "rms") if t is not None and seeded else None
+        done = native_step(kernel, xla, grads, params, *moments, rounding_seed=rounding)
         if done is None:
             return None
         new_params, *new = done

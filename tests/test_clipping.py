@@ -47,13 +47,15 @@ ONE_PASS = {
     "radam": lambda: optadam.radam(optax.linear_schedule(0.1, 0.01, 10), nesterov=True),
     "rmsprop": lambda: optadam.rmsprop(0.01, centered=True),
     "rmsprop_momentum": lambda: optadam.rmsprop(0.01, momentum=0.9, eps_in_sqrt=False),
+    "adagrad": lambda: optadam.adagrad(0.1),
 }
 STEP_KERNEL = {"adam": "optadam_adam_step_f", "momentum": "optadam_momentum_step_f"}
 STEP_KERNEL |= {"amsgrad": "optadam_amsgrad_step_f", "radam": "optadam_radam_step_f"}
 STEP_KERNEL |= {"rmsprop": "optadam_rms_step_f", "rmsprop_momentum": "optadam_rms_momentum_step_f"}
+STEP_KERNEL |= {"adagrad": "optadam_adagrad_step_f"}
 # these directions divide (or take XLA's rsqrt); the kernel's may differ from XLA's rewrites by a
 # few ulp
-DIVIDES = {"adam", "nadam", "adamw", "adamw_schedules", "amsgrad", "radam", "rmsprop"}
+DIVIDES = {"adam", "nadam", "adamw", "adamw_schedules", "amsgrad", "radam", "rmsprop", "adagrad"}
 # others: the chain is optax.chain, and optadam.step its update + apply_updates
 TWO_CALLS = {
     "optax_adam": lambda: optadam.chain(optadam.clip_by_global_norm(1.0), optax.adam(0.1)),
@@ -68,9 +70,6 @@ TWO_CALLS = {
     # (8-bit Adam after a clip takes its own one pass: tests/test_native_8bit.py)
     "8bit_sgd": lambda: optadam.chain(
         optadam.clip_by_global_norm(1.0), optadam.sgd(0.1, momentum=0.9, state_bits=8)
-    ),
-    "bfloat16_trace": lambda: optadam.chain(
-        optadam.clip_by_global_norm(1.0), optadam.sgd(0.1, 0.9, accumulator_dtype=jnp.bfloat16)
     ),
 }
 
@@ -176,7 +175,7 @@ def test_chain_is_one_pass_only_for_the_clip_then_a_one_pass_optimizer():
         tx = clipped(name)()
         assert getattr(tx, "one_pass", None) is not None, name
     for name, make in TWO_CALLS.items():
-        if name in ("8bit_sgd", "bfloat16_trace"):  # one pass built; at run time it declines
+        if name == "8bit_sgd":  # one pass built; at run time it declines
             continue
         assert getattr(make(), "one_pass", None) is None, name
     assert getattr(optadam.chain(optadam.adam(0.1)), "one_pass", None) is None
@@ -258,6 +257,29 @@ def test_other_chains_take_update_then_apply_updates(name):
     one, s_one, traced = trajectory(TWO_CALLS[name], True, True, params, grads, donate=True)
     two, s_two, _ = trajectory(TWO_CALLS[name], True, False, params, grads, donate=True)
     assert "_step_f" not in traced  # no one-pass kernel
+    assert_same((one, s_one), (two, s_two))
+
+
+@needs_kernels
+def test_clip_with_bfloat16_state_is_one_pass_and_with_bfloat16_params_two_calls():
+    """A bfloat16 trace after a clip: the low-precision one pass, the two calls' bits. bfloat16
+    params: the two calls (they round c and the clipped gradients to bfloat16)."""
+
+    def make() -> Any:
+        sgd = optadam.sgd(0.1, 0.9, accumulator_dtype=jnp.bfloat16, stochastic_rounding=True)
+        return optadam.chain(optadam.clip_by_global_norm(30.0), sgd)
+
+    rng = np.random.default_rng(8)
+    params = random_tree(rng, jnp.float32, SHAPES)
+    grads = gradient_stream(rng, jnp.float32)
+    one, s_one, traced = trajectory(make, True, True, params, grads, donate=True)
+    two, s_two, _ = trajectory(make, True, False, params, grads, donate=True)
+    assert "optadam_momentum_step_lowp" in traced and traced.count("ffi_call") == 1
+    assert_same((one, s_one), (two, s_two))
+    low = jax.tree.map(lambda x: x.astype(jnp.bfloat16), (params, grads))
+    one, s_one, traced = trajectory(make, True, True, *low)
+    two, s_two, _ = trajectory(make, True, False, *low)
+    assert "_step_lowp" not in traced and "optadam_momentum_lowp" in traced
     assert_same((one, s_one), (two, s_two))
 
 

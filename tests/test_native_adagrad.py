@@ -194,11 +194,8 @@ def test_scale_by_adagrad_alone_takes_the_kernel_and_matches_xla():
     assert_close(outs[True][0], outs[False][0], "float32")
 
 
+# (a bfloat16 sum or bfloat16 params take the low-precision one pass: tests/test_native_lowp.py)
 FALLBACKS = {
-    "bfloat16_sum": lambda: optadam.adagrad(0.05, nu_dtype=jnp.bfloat16),
-    "bfloat16_sum_stochastic": lambda: optadam.adagrad(
-        0.05, nu_dtype=jnp.bfloat16, stochastic_rounding=True
-    ),
     "injected": lambda: optadam.inject_hyperparams(optadam.adagrad)(0.05),
     "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adagrad(0.05)),
 }
@@ -207,25 +204,12 @@ FALLBACKS = {
 @needs_kernels
 @pytest.mark.parametrize("name", FALLBACKS)
 def test_what_the_one_pass_does_not_cover_takes_update_then_apply_updates(name):
-    """optadam.step gives update + apply_updates' numbers; a bfloat16 sum has no one pass, its
-    update takes the low-precision kernel (tests/test_native_lowp.py)."""
+    """optadam.step gives update + apply_updates' numbers."""
     params, grads = problem(5, "float32", {"w": (80, 80), "odd": (7,)})
     grads = grads[:3]
     one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
     two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
     assert "optadam_adagrad_step" not in traced
-    if name.startswith("bfloat16"):
-        assert "optadam_adagrad_lowp" in traced
-    assert_same(one, two)
-    assert_same(s_one, s_two)
-
-
-@needs_kernels
-def test_bfloat16_params_step_takes_the_lowp_update_kernel():
-    params, grads = problem(6, "bfloat16", {"w": (80, 80)})
-    one, s_one, traced = trajectory(lambda: optadam.adagrad(0.05), True, True, params, grads[:3])
-    two, s_two, _ = trajectory(lambda: optadam.adagrad(0.05), False, True, params, grads[:3])
-    assert "optadam_adagrad_lowp" in traced and "optadam_adagrad_step" not in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
 

@@ -5,8 +5,11 @@ stored in bfloat16 (rounded to nearest or stochastically, with the XLA path's bi
 
 The kernel advances the moments and the direction stays jnp, so ``tx.update`` +
 ``optax.apply_updates`` must give the XLA path's bits, params and state, every step.
-``optadam.step`` has no low-precision one pass for these families: it takes ``update`` and
-``apply_updates``, so the kernel-backed update, with the same bits.
+``optadam.step`` runs each family's one pass (``optadam_<family>_step_lowp``, lowp.h's
+``LowpStepCall``; RMSProp with a trace has none and takes the kernel-backed two calls): the
+moments bitwise, the params within the bound test_native_bf16 holds Adam's to (the direction is
+C++ there, and XLA rewrites divisions), and equal to the kernel-backed two calls where the
+family's direction has no division to rewrite.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from harness import needs_kernels, trajectory
-from test_native_bf16 import SPECIAL, assert_bitwise
+from test_native_bf16 import SPECIAL, assert_bitwise, assert_close_in_ulps, ulps_for
 from test_native_bf16 import problem as bf16_problem
 
 import optadam
@@ -106,19 +110,79 @@ def assert_trees_bitwise(a: Any, b: Any) -> None:
         assert_bitwise(x, y)
 
 
+def step_kernel(case: str) -> str:
+    """The kernel ``optadam.step`` runs for a case: its family's one pass, or (RMSProp with a
+    trace) the update kernel."""
+    family = CASES[case][2]
+    return (
+        f"optadam_{family}_lowp"
+        if "momentum" in case and family == "rms"
+        else (f"optadam_{family}_step_lowp")
+    )
+
+
 @needs_kernels
-@pytest.mark.parametrize("via_step", [False, True], ids=["update", "step"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_kernel_update_equals_xla_path_bitwise(case: str, via_step: bool) -> None:
+def test_kernel_update_equals_xla_path_bitwise(case: str) -> None:
     dtype, make, family = CASES[case]
     params, grads = problem(dtype, seed=len(case))
-    kernel, s_kernel, traced = trajectory(make, True, via_step, params, grads)
-    xla, s_xla, traced_xla = trajectory(make, False, via_step, params, grads)
+    kernel, s_kernel, traced = trajectory(make, True, False, params, grads)
+    xla, s_xla, traced_xla = trajectory(make, False, False, params, grads)
     assert f"optadam_{family}_lowp" in traced
     assert "optadam_" not in traced_xla
     assert_trees_bitwise(s_kernel, s_xla)  # every moment (bfloat16 or not) and count
     for ours, theirs in zip(kernel, xla, strict=True):
         assert_trees_bitwise(ours, theirs)  # the params, every step
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_pass_step_against_xla_path(case: str) -> None:
+    dtype, make, _ = CASES[case]
+    params, grads = problem(dtype, seed=len(case))
+    kernel, s_kernel, traced = trajectory(make, True, True, params, grads)
+    xla, s_xla, traced_xla = trajectory(make, False, True, params, grads)
+    assert step_kernel(case) in traced
+    assert "optadam_" not in traced_xla
+    assert_trees_bitwise(s_kernel, s_xla)  # the moments depend on the gradients only
+    for k, (ours, theirs) in enumerate(zip(kernel, xla, strict=True)):
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            assert_close_in_ulps(a, b, (ulps_for(dtype) + 1) * (k + 1))
+
+
+@needs_kernels
+@pytest.mark.parametrize("donate", [False, True], ids=["kept", "donated"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_pass_step_equals_kernel_update_and_apply_updates(case: str, donate: bool) -> None:
+    """The one pass against the two calls on the kernel path, step by step from the same state:
+    the moments bit for bit; the params bit for bit where the direction has no division (XLA
+    rewrites those), else within test_native_bf16's one-step bound."""
+    dtype, make, family = CASES[case]
+    params, grads = problem(dtype, seed=len(case) + 1)
+    optadam.set_native_enabled(True)
+    tx = make()
+    one_pass = jax.jit(
+        lambda g, s, p: optadam.step(tx, g, s, p), donate_argnums=(1, 2) if donate else ()
+    )
+
+    @jax.jit
+    def two_calls(g: Any, s: Any, p: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state, p = tx.init(params), params
+    exact = family == "momentum"
+    for g in grads:
+        expected, expected_state = two_calls(g, state, p)
+        copies = jax.tree.map(jnp.copy, (state, p))  # donated: the two calls keep theirs
+        got, state = one_pass(g, *copies)
+        assert_trees_bitwise(state, expected_state)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            if exact:
+                assert_bitwise(a, b)
+            else:
+                assert_close_in_ulps(a, b, ulps_for(dtype) + 1)
+        p = expected
 
 
 @needs_kernels

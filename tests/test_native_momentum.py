@@ -129,10 +129,9 @@ LEAN = {
 
 @needs_kernels
 @pytest.mark.parametrize("name", LEAN)
-def test_bfloat16_and_8bit_trace_have_no_one_pass(name: str):
-    """optadam.step takes update + apply_updates with the XLA path's numbers: a bfloat16 trace's
-    update through the low-precision kernel (tests/test_native_lowp.py), an 8-bit one's on the
-    XLA path."""
+def test_lean_trace_steps_give_the_xla_path_numbers(name: str):
+    """optadam.step gives the XLA path's numbers: a bfloat16 trace in the low-precision one pass
+    (tests/test_native_lowp.py), an 8-bit one by update + apply_updates on the XLA path."""
     rng = np.random.default_rng(4)
     shapes = {**SHAPES, "big": (64, 64)}  # 8-bit state: leaves under 4,096 elements stay float32
     params = random_tree(rng, jnp.float32, shapes)
@@ -140,6 +139,7 @@ def test_bfloat16_and_8bit_trace_have_no_one_pass(name: str):
     one, s_one, traced = trajectory(LEAN[name], True, True, params, grads, donate=True)
     two, s_two, _ = trajectory(LEAN[name], False, False, params, grads, donate=True)
     assert STEP_KERNEL not in traced
+    assert ("optadam_momentum_step_lowp" in traced) == (name != "8bit_trace")
     assert_same((one, s_one), (two, s_two))
     _, _, traced_update = updates_path(LEAN[name], True, params, grads[:1])
     if name == "8bit_trace":  # the small leaves keep a float32 trace: those take the kernel

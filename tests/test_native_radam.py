@@ -250,11 +250,8 @@ def test_one_pass_step_with_nan_inf_and_zero_size_leaves_matches_update_then_app
     assert_same(s_one, s_two)
 
 
+# (bfloat16 moments take the low-precision one pass: tests/test_native_lowp.py)
 FALLBACKS = {
-    "bfloat16_nu": lambda: optadam.radam(0.01, nu_dtype=jnp.bfloat16),
-    "bfloat16_mu_stochastic": lambda: optadam.radam(
-        0.01, mu_dtype=jnp.bfloat16, stochastic_rounding=True
-    ),
     "8bit": lambda: optadam.radam(0.01, state_bits=8, block_size=64),
     "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.radam(0.01)),
     "injected": lambda: optadam.inject_hyperparams(optadam.radam)(0.01),
@@ -264,7 +261,7 @@ FALLBACKS = {
 @needs_kernels
 @pytest.mark.parametrize("name", FALLBACKS)
 def test_lean_state_and_wrappers_step_takes_update_then_apply_updates(name):
-    """What the one pass does not cover takes update + apply_updates (the same numbers); lean
+    """What the one pass does not cover takes update + apply_updates (the same numbers); 8-bit
     state stays on the XLA path for update too."""
     rng = np.random.default_rng(6)
     params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}

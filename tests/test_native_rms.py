@@ -142,9 +142,8 @@ def test_scale_by_rms_alone_takes_the_kernel_and_matches_xla():
     assert_same(outs[True], outs[False])
 
 
+# (bfloat16 moments without a trace take the low-precision one pass: tests/test_native_lowp.py)
 FALLBACKS = {
-    "bfloat16_nu": lambda: optadam.rmsprop(0.01, nu_dtype=jnp.bfloat16),
-    "bfloat16_mu_centered": lambda: optadam.rmsprop(0.01, centered=True, mu_dtype=jnp.bfloat16),
     "8bit": lambda: optadam.rmsprop(0.01, state_bits=8, block_size=64),
     "momentum_bfloat16_trace": lambda: optadam.rmsprop(0.01, momentum=0.9, mu_dtype=jnp.bfloat16),
     "momentum_8bit": lambda: optadam.rmsprop(0.01, momentum=0.9, state_bits=8, block_size=64),
@@ -156,16 +155,16 @@ FALLBACKS = {
 @pytest.mark.parametrize("name", FALLBACKS)
 def test_lean_state_step_takes_update_then_apply_updates(name):
     """What the one pass does not cover takes update + apply_updates (the same numbers); a
-    bfloat16 moment's update takes the low-precision kernel, 8-bit state the XLA path."""
+    bfloat16 trace's update takes the low-precision kernel, 8-bit state the XLA path."""
     rng = np.random.default_rng(4)
     params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}
     grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)} for _ in range(3)]
     one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
     two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
     assert "optadam_rms_step" not in traced and "optadam_rms_momentum_step" not in traced
-    if name.startswith("bfloat16"):
-        assert "optadam_rms_lowp" in traced
-    elif name not in ("wrapped", "momentum_bfloat16_trace"):  # those keep float32 ν on the kernel
+    if name == "momentum_bfloat16_trace":  # float32 ν on the rms kernel, the trace on lowp's
+        assert "optadam_rms_f32" in traced and "optadam_momentum_lowp" in traced
+    elif name != "wrapped":  # 8-bit ν: the XLA path (wrapped: float32 ν on the rms kernel)
         assert "optadam_rms" not in traced
     assert_same(one, two)
     assert_same(s_one, s_two)

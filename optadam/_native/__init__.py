@@ -70,6 +70,8 @@ TARGETS += ("optadam_adam8_step_f32", "optadam_adam8_f32")
 TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
 TARGETS += ("optadam_momentum_lowp", "optadam_rms_lowp", "optadam_adagrad_lowp")
 TARGETS += ("optadam_amsgrad_lowp", "optadam_radam_lowp")
+TARGETS += ("optadam_momentum_step_lowp", "optadam_rms_step_lowp", "optadam_adagrad_step_lowp")
+TARGETS += ("optadam_amsgrad_step_lowp", "optadam_radam_step_lowp")
 
 
 class NativeStatus(NamedTuple):

@@ -156,9 +156,9 @@ inline float MixedElement(const AdamScalars<float>& s, float g, typename M::Stor
 
 // Elements [begin, end) of one leaf of a whole step, as update + apply_updates compute it. With
 // float32 params as StepRange (the clip chosen per element by select: a runtime `decay` there
-// kept GCC from vectorizing, so that one is a template switch). With bfloat16/float16 params (no clip, no decay: the Python falls back) XLA
-// rounds u_t to the params' dtype, then (−η)·u_t, then θ + that: three roundings, and the
-// converts between them keep it from contracting an FMA.
+// kept GCC from vectorizing, so that one is a template switch). With bfloat16/float16 params (no
+// clip, no decay: the Python falls back) θ is rounded as lowp.h's Applied says. LowpStepCall
+// (lowp.h) is this loop without the decay, for the other families.
 template <typename G, typename M, typename N, bool kNesterov, bool kDecay>
 void MixedStepRange(StepScalars<float> s, const MixedLeaf& b, size_t begin, size_t end) {
   const auto* __restrict g = static_cast<const typename G::Stored*>(b.in[0]);
@@ -173,11 +173,8 @@ void MixedStepRange(StepScalars<float> s, const MixedLeaf& b, size_t begin, size
     float u = MixedElement<G, M, N, kNesterov>(s.adam, g_t, mu[i], nu[i], b.seed, i);
     if constexpr (G::kExact) {
       if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
-      theta[i] = MulAdd(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η)
-    } else {
-      float step = G::Lift(G::Round(G::Lift(G::Round(u, 0)) * s.minus_lr, 0));  // (−η)·u_t
-      theta[i] = G::Round(G::Lift(theta[i]) + step, 0);                       // θ_{t-1} + that
     }
+    theta[i] = Applied<G>(u, s.minus_lr, theta[i]);  // θ_t = θ_{t-1} + u_t·(−η), rounded
   }
 }
 

@@ -31,13 +31,19 @@ inline void AmsgradMoments(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_
   nu_max = Maximum(nu_max, nu / s.c2);              // v_max_t = max(v_max_{t-1}, v̂_t)
 }
 
+// amsgrad_direction: u_t from the new moments.
+template <typename T>
+inline T AmsgradDirection(const AmsgradScalars<T>& s, T mu, T nu_max) {
+  T mu_hat = mu / s.c1;  // m̂_t = m_t / (1 − β1^t)
+  // u_t = m̂_t / (sqrt(v_max_t + ε_root) + ε)
+  return mu_hat / (std::sqrt(nu_max + s.eps_root) + s.eps);
+}
+
 // One element of scale_by_amsgrad's update; the three moments updated in place, u_t returned.
 template <typename T>
 inline T AmsgradElement(const AmsgradScalars<T>& s, T g, T& mu, T& nu, T& nu_max) {
   AmsgradMoments(s, g, mu, nu, nu_max);
-  T mu_hat = mu / s.c1;  // m̂_t = m_t / (1 − β1^t)
-  // u_t = m̂_t / (sqrt(v_max_t + ε_root) + ε)
-  return mu_hat / (std::sqrt(nu_max + s.eps_root) + s.eps);
+  return AmsgradDirection(s, mu, nu_max);
 }
 
 // Elements [begin, end) of one leaf of tx.update: the moments alone, in place. The direction stays jnp (map_leaves computes it from the state this
@@ -117,7 +123,7 @@ ffi::Future AmsgradStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
 
 // --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
 
-// amsgrad_moments on lifted moments, for LowpMomentsCall: {mu, nu, nu_max}; v̂ from the new ν
+// amsgrad_moments on lifted moments, for LowpMomentsCall and LowpStepCall: {mu, nu, nu_max}; v̂ from the new ν
 // before its rounding, as map_leaves computes all three before storing any.
 struct AmsgradLowpFamily {
   using Scalars = AmsgradScalars<float>;
@@ -128,11 +134,21 @@ struct AmsgradLowpFamily {
     m[1] = Ema<G, N>(s.b2, s.one_minus_b2, m[1], g * g);  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
     m[2] = Maximum(m[2], m[1] / s.c2);                    // v_max_t = max(v_max_{t-1}, v̂_t)
   }
+  static float Direction(const Scalars& s, float /*g*/, const float m[3]) {
+    return AmsgradDirection(s, m[0], m[2]);
+  }
 };
 
 ffi::Future AmsgradLowp(ffi::ThreadPool pool, bool stochastic, ffi::RemainingArgs args,
                         ffi::RemainingRets rets) {
   return LowpMomentsCall<AmsgradLowpFamily>(pool, stochastic, args, rets);
+}
+
+// Operands: float32 scalars (the step kernel's, then the seeds), per leaf (g, θ, mu, nu, nu_max);
+// results per leaf (θ, mu, nu, nu_max), in place.
+ffi::Future AmsgradStepLowp(ffi::ThreadPool pool, bool stochastic, ffi::RemainingArgs args,
+                            ffi::RemainingRets rets) {
+  return LowpStepCall<AmsgradLowpFamily>(pool, stochastic, args, rets);
 }
 
 }  // namespace
@@ -152,6 +168,13 @@ OPTADAM_AMSGRAD_HANDLER(optadam_amsgrad_step_f64, optadam::AmsgradStep, double)
 
 // Low-precision storage (lowp.h): tx.update's moments advanced in place, any mix of dtypes.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad_lowp, optadam::AmsgradLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad_step_lowp, optadam::AmsgradStepLowp,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("stochastic")

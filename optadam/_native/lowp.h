@@ -263,4 +263,116 @@ ffi::Future LowpMomentsCall(ffi::ThreadPool pool, bool stochastic, ffi::Remainin
                            });
 }
 
+// --- optadam.step with stored moments: the whole step in one pass ------------------------------
+
+// A family's low-precision one-pass scalars: the global-norm clip in front ("no clip" without
+// one), the family's, then −η (the sign as scale_by_learning_rate applies it) -- the layout of
+// its float32 step kernel.
+template <typename Scalars>
+struct LowpStepScalars {
+  ClipScalars<float> clip;
+  Scalars family;
+  float minus_lr;
+};
+
+// θ_t from θ_{t-1} and u_t, rounded as update + apply_updates round them. float32 params: one FMA,
+// θ + u_t·(−η), as XLA:CPU contracts the fused loop. bfloat16/float16 params: u_t rounded to their
+// dtype (the update's), then (−η)·u_t (scale_by_learning_rate, in float32, rounded once), then
+// θ + that: three roundings, and the converts between them keep XLA from contracting an FMA.
+template <typename G>
+inline typename G::Stored Applied(float u, float minus_lr, typename G::Stored theta) {
+  if constexpr (G::kExact) {
+    return MulAdd(u, minus_lr, theta);
+  } else {
+    float step = G::Lift(G::Round(G::Lift(G::Round(u, 0)) * minus_lr, 0));  // (−η)·u_t
+    return G::Round(G::Lift(theta) + step, 0);                                // θ_{t-1} + that
+  }
+}
+
+// Elements [begin, end) of one leaf of a whole step with stored moments: g_t lifted (and clipped:
+// float32 params only, the Python falls back otherwise), the moments lifted, advanced and each
+// rounded once to its storage, in place; then `Family::Direction(scalars, g_t, m)` from the
+// moments as stored (as map_leaves reads them), then θ in place (Applied).
+template <typename Family, typename G, typename... Ms, size_t... k>
+void LowpStepRange(LowpStepScalars<typename Family::Scalars> s, const MixedLeaf& b, size_t begin,
+                   size_t end, std::index_sequence<k...>) {
+  const auto* __restrict g = static_cast<const typename G::Stored*>(b.in[0]);
+  auto* __restrict theta = static_cast<typename G::Stored*>(b.out[0]);
+  std::tuple<typename Ms::Stored*...> m{static_cast<typename Ms::Stored*>(b.out[1 + k])...};
+  const bool clip = s.clip.clip != 0;
+  for (size_t i = begin; i < end; ++i) {
+    float g_t = G::Lift(g[i]);
+    float clipped = Clipped<float, true>(s.clip, g_t);
+    g_t = clip ? clipped : g_t;  // g_t, or (g_t / ‖g‖) · c when clipping (a select: vectorizes)
+    float v[sizeof...(Ms)] = {Ms::Lift(std::get<k>(m)[i])...};
+    Family::template Moments<G, Ms...>(s.family, g_t, v);
+    ((std::get<k>(m)[i] = Ms::Round(v[k], b.seed[k] + static_cast<uint32_t>(i))), ...);
+    ((v[k] = Ms::Lift(std::get<k>(m)[i])), ...);  // as stored
+    theta[i] = Applied<G>(Family::Direction(s.family, g_t, v), s.minus_lr, theta[i]);
+  }
+}
+
+template <typename Family, typename G, typename... Ms>
+void LowpStep(LowpStepScalars<typename Family::Scalars> s, const MixedLeaf& b, size_t begin,
+              size_t end) {
+  LowpStepRange<Family, G, Ms...>(s, b, begin, end, std::index_sequence_for<Ms...>{});
+}
+
+// A family's optadam.step kernel with stored moments. Operands: float32 scalars
+// (LowpStepScalars, then, with `stochastic`, K seeds per leaf), per leaf (g, θ, K moments), g and
+// θ of one dtype; results per leaf (θ, K moments), in place. `Family` gives, beyond
+// LowpMomentsCall's, Direction(scalars, g, const float m[K]), u_t from the moments as stored.
+template <typename Family>
+ffi::Future LowpStepCall(ffi::ThreadPool pool, bool stochastic, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets) {
+  constexpr size_t K = Family::kMoments;
+  static_assert(K <= kMaxMoments);
+  using Scalars = LowpStepScalars<typename Family::Scalars>;
+  constexpr size_t kScalars = sizeof(Scalars) / sizeof(float);
+  if ((args.size() - 1) % (2 + K) != 0 || (args.size() - 1) / (2 + K) * (1 + K) != rets.size()) {
+    return Done(ffi::Error::InvalidArgument("optadam step lowp kernel: operand count"));
+  }
+  std::vector<MixedLeaf> leaves(rets.size() / (1 + K));
+  auto packed = GetScalars<float>(args, kScalars + (stochastic ? K * leaves.size() : 0));
+  if (packed.has_error()) return Done(packed.error());
+  Scalars s;
+  std::memcpy(&s, *packed, sizeof(s));
+  std::vector<ffi::DataType> types;
+  const float* seeds = stochastic ? *packed + kScalars : nullptr;
+  if (ffi::Error error = GetMixedLeaves(args, rets, 2 + K, 1 + K, K, seeds, leaves, types);
+      error.failure()) {
+    return Done(error);
+  }
+  if (leaves.empty()) return Done();
+  if (types[0] != types[1] ||
+      (types[0] != ffi::DataType::F32 && (s.clip.clip != 0 || s.clip.g_norm != 1))) {
+    return Done(ffi::Error::InvalidArgument(
+        "optadam step lowp kernel: params in the gradients' dtype; no clip with "
+        "bfloat16/float16 params"));
+  }
+  using Range = void (*)(Scalars, const MixedLeaf&, size_t, size_t);
+  Range step = nullptr;
+  auto choose = [&](auto bf16) {
+    using BF16 = decltype(bf16);
+    return WithParamStorage(types[0], [&](auto g) {
+      return WithMomentStorages<K, BF16>(types.data() + 2, [&](auto... m) {
+        step = LowpStep<Family, decltype(g), decltype(m)...>;
+        return ffi::Error::Success();
+      });
+    });
+  };
+  ffi::Error chosen = stochastic ? choose(BFloat16StochasticStorage{}) : choose(BFloat16Storage{});
+  if (chosen.failure()) return Done(chosen);
+  size_t widths[1 + K];
+  for (size_t k = 0; k <= K; ++k) widths[k] = ffi::ByteWidth(types[1 + k]);
+  return InParallel<float>(pool, std::move(leaves),
+                           [s, step, widths](const MixedLeaf& b, size_t begin, size_t end) {
+                             for (size_t k = 0; k <= K; ++k) {  // θ, the moments
+                               AliasBytes(b.in[1 + k], b.out[k], widths[k], begin, end);
+                             }
+                             step(s, b, begin, end);
+                           });
+}
+
+
 }  // namespace optadam

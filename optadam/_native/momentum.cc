@@ -20,12 +20,18 @@ inline void MomentumMoments(const MomentumScalars<T>& s, T g, T& trace) {
   trace = MulAdd(s.decay, trace, g);  // trace_t = g_t + β · trace_{t-1}
 }
 
+// scale_by_momentum's direction: u_t from the new trace.
+template <typename T, bool kNesterov>
+inline T MomentumDirection(const MomentumScalars<T>& s, T g, T trace) {
+  return kNesterov ? MulAdd(s.decay, trace, g)  // u_t = g_t + β · trace_t
+                   : trace;                     // u_t = trace_t
+}
+
 // One element of scale_by_momentum's update; `trace` is updated in place, `u_t` returned.
 template <typename T, bool kNesterov>
 inline T MomentumElement(const MomentumScalars<T>& s, T g, T& trace) {
   MomentumMoments(s, g, trace);
-  return kNesterov ? MulAdd(s.decay, trace, g)  // u_t = g_t + β · trace_t
-                   : trace;                     // u_t = trace_t
+  return MomentumDirection<T, kNesterov>(s, g, trace);
 }
 
 // Elements [begin, end) of one leaf of tx.update: the trace alone, in place. The direction stays jnp (map_leaves computes it from the state this
@@ -107,7 +113,8 @@ ffi::Future MomentumStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs
 
 // --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
 
-// scale_by_momentum's moments on the lifted trace, for LowpMomentsCall.
+// scale_by_momentum on the lifted trace, for LowpMomentsCall and LowpStepCall.
+template <bool kNesterov = false>
 struct MomentumLowpFamily {
   using Scalars = MomentumScalars<float>;
   static constexpr size_t kMoments = 1;
@@ -115,11 +122,22 @@ struct MomentumLowpFamily {
   static void Moments(const Scalars& s, float g, float m[1]) {
     MomentumMoments(s, g, m[0]);  // trace_t = g_t + β · trace_{t-1}
   }
+  static float Direction(const Scalars& s, float g, const float m[1]) {
+    return MomentumDirection<float, kNesterov>(s, g, m[0]);
+  }
 };
 
 ffi::Future MomentumLowp(ffi::ThreadPool pool, bool /*nesterov*/, bool stochastic,
                          ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  return LowpMomentsCall<MomentumLowpFamily>(pool, stochastic, args, rets);
+  return LowpMomentsCall<MomentumLowpFamily<>>(pool, stochastic, args, rets);
+}
+
+// Operands: float32 scalars (the step kernel's, then the seeds), per leaf (g, θ, trace); results
+// per leaf (θ, trace), in place.
+ffi::Future MomentumStepLowp(ffi::ThreadPool pool, bool nesterov, bool stochastic,
+                             ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return LowpStepCall<MomentumLowpFamily<true>>(pool, stochastic, args, rets);
+  return LowpStepCall<MomentumLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
 }  // namespace
@@ -140,6 +158,14 @@ OPTADAM_MOMENTUM_HANDLER(optadam_momentum_step_f64, optadam::MomentumStep, doubl
 
 // Low-precision storage (lowp.h): tx.update's trace advanced in place, any mix of dtypes.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum_lowp, optadam::MomentumLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum_step_lowp, optadam::MomentumStepLowp,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("nesterov")

@@ -29,10 +29,9 @@ inline void RadamMoments(const RadamScalars<T>& s, T g, T& mu, T& nu) {
   nu = MulAdd(s.b2, nu, s.one_minus_b2 * (g * g));  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
 }
 
-// One element of scale_by_radam's update; `mu` and `nu` updated in place, u_t returned.
+// radam_direction: u_t from the new moments, the rectified step or the momentum step.
 template <typename T, bool kNesterov, bool kRectify>
-inline T RadamElement(const RadamScalars<T>& s, T g, T& mu, T& nu) {
-  RadamMoments(s, g, mu, nu);
+inline T RadamDirection(const RadamScalars<T>& s, T g, T mu, T nu) {
   T mu_hat = kNesterov
                  // NAdam: m̂_t = β1 · m_t / (1 − β1^(t+1)) + (1 − β1) · g_t / (1 − β1^t)
                  ? MulAdd(s.b1, mu / s.c1_next, s.one_minus_b1 * (g / s.c1))
@@ -40,6 +39,13 @@ inline T RadamElement(const RadamScalars<T>& s, T g, T& mu, T& nu) {
   if (!kRectify) return mu_hat;  // u_t = m̂_t before ρ_t reaches the threshold
   T nu_hat = nu / s.c2;          // v̂_t = v_t / (1 − β2^t)
   return s.r * mu_hat / (std::sqrt(nu_hat + s.eps_root) + s.eps);  // u_t = r_t · m̂_t / (…)
+}
+
+// One element of scale_by_radam's update; `mu` and `nu` updated in place, u_t returned.
+template <typename T, bool kNesterov, bool kRectify>
+inline T RadamElement(const RadamScalars<T>& s, T g, T& mu, T& nu) {
+  RadamMoments(s, g, mu, nu);
+  return RadamDirection<T, kNesterov, kRectify>(s, g, mu, nu);
 }
 
 // Elements [begin, end) of one leaf of tx.update: the moments alone, in place. The direction stays jnp (map_leaves computes it from the state this
@@ -123,7 +129,10 @@ ffi::Future RadamStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs ar
 
 // --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
 
-// RAdam's moments (Adam's) on lifted moments, for LowpMomentsCall: {mu, nu}.
+// RAdam (Adam's moments) on lifted moments, for LowpMomentsCall and LowpStepCall: {mu, nu}. The
+// step's direction picks the rectified or the momentum step per element by select (computing
+// both): `rectify` is a runtime scalar, and a branch in the loop would keep it from vectorizing.
+template <bool kNesterov = false>
 struct RadamLowpFamily {
   using Scalars = RadamScalars<float>;
   static constexpr size_t kMoments = 2;
@@ -132,11 +141,24 @@ struct RadamLowpFamily {
     m[0] = Ema<G, M>(s.b1, s.one_minus_b1, m[0], g);      // m_t = β1 · m_{t-1} + (1 − β1) · g_t
     m[1] = Ema<G, N>(s.b2, s.one_minus_b2, m[1], g * g);  // v_t = β2 · v_{t-1} + (1 − β2) · |g_t|²
   }
+  static float Direction(const Scalars& s, float g, const float m[2]) {
+    float rectified = RadamDirection<float, kNesterov, true>(s, g, m[0], m[1]);
+    float momentum = RadamDirection<float, kNesterov, false>(s, g, m[0], m[1]);
+    return s.rectify != 0.0f ? rectified : momentum;
+  }
 };
 
 ffi::Future RadamLowp(ffi::ThreadPool pool, bool /*nesterov*/, bool stochastic,
                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  return LowpMomentsCall<RadamLowpFamily>(pool, stochastic, args, rets);
+  return LowpMomentsCall<RadamLowpFamily<>>(pool, stochastic, args, rets);
+}
+
+// Operands: float32 scalars (the step kernel's, then the seeds), per leaf (g, θ, mu, nu); results
+// per leaf (θ, mu, nu), in place.
+ffi::Future RadamStepLowp(ffi::ThreadPool pool, bool nesterov, bool stochastic,
+                          ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return LowpStepCall<RadamLowpFamily<true>>(pool, stochastic, args, rets);
+  return LowpStepCall<RadamLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
 }  // namespace
@@ -157,6 +179,14 @@ OPTADAM_RADAM_HANDLER(optadam_radam_step_f64, optadam::RadamStep, double)
 
 // Low-precision storage (lowp.h): tx.update's moments advanced in place, any mix of dtypes.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam_lowp, optadam::RadamLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam_step_lowp, optadam::RadamStepLowp,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("nesterov")

@@ -36,16 +36,22 @@ inline void RmsMoments(const RmsScalars<T>& s, T g, T& mu, T& nu) {
   if (kCentered) mu = MulAdd(s.decay, mu, s.one_minus_decay * g);  // μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t
 }
 
-// One element of scale_by_rms's update; `mu` (centered only) and `nu` updated in place, u_t
-// returned.
+// scale_by_rms's direction: u_t from the new moments (`mu` read only when centered).
 template <typename T, bool kCentered, bool kEpsInSqrt>
-inline T RmsElement(const RmsScalars<T>& s, T g, T& mu, T& nu) {
-  RmsMoments<T, kCentered>(s, g, mu, nu);
+inline T RmsDirection(const RmsScalars<T>& s, T g, T mu, T nu) {
   if (!kCentered) return Scale<T, kEpsInSqrt>(s, nu / s.c) * g;  // u_t = scale(ν_t / c) · g_t
   T mu_hat = mu / s.c;
   // var = max(ν_t / c − |μ_t / c|², 0); u_t = scale(var) · g_t
   T var = NonNegative(MulAdd(-mu_hat, mu_hat, nu / s.c));
   return Scale<T, kEpsInSqrt>(s, var) * g;
+}
+
+// One element of scale_by_rms's update; `mu` (centered only) and `nu` updated in place, u_t
+// returned.
+template <typename T, bool kCentered, bool kEpsInSqrt>
+inline T RmsElement(const RmsScalars<T>& s, T g, T& mu, T& nu) {
+  RmsMoments<T, kCentered>(s, g, mu, nu);
+  return RmsDirection<T, kCentered, kEpsInSqrt>(s, g, mu, nu);
 }
 
 // Elements [begin, end) of one leaf of tx.update: the moments alone, in place (mu is null unless
@@ -234,7 +240,9 @@ ffi::Future RmsMomentumStep(ffi::ThreadPool pool, bool centered, bool eps_in_sqr
 
 // --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
 
-// scale_by_rms's moments on lifted moments, for LowpMomentsCall: {nu} plain, {mu, nu} centered.
+// scale_by_rms on lifted moments, for LowpMomentsCall and LowpStepCall: {nu} plain, {mu, nu}
+// centered.
+template <bool kEpsInSqrt = true>
 struct RmsLowpFamily {
   using Scalars = RmsScalars<float>;
   static constexpr size_t kMoments = 1;
@@ -242,8 +250,12 @@ struct RmsLowpFamily {
   static void Moments(const Scalars& s, float g, float m[1]) {
     m[0] = Ema<G, N>(s.decay, s.one_minus_decay, m[0], g * g);  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
   }
+  static float Direction(const Scalars& s, float g, const float m[1]) {
+    return RmsDirection<float, false, kEpsInSqrt>(s, g, 0.0f, m[0]);
+  }
 };
 
+template <bool kEpsInSqrt = true>
 struct CenteredRmsLowpFamily {
   using Scalars = RmsScalars<float>;
   static constexpr size_t kMoments = 2;
@@ -252,12 +264,27 @@ struct CenteredRmsLowpFamily {
     m[1] = Ema<G, N>(s.decay, s.one_minus_decay, m[1], g * g);  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
     m[0] = Ema<G, M>(s.decay, s.one_minus_decay, m[0], g);      // μ_t = ρ · μ_{t-1} + (1 − ρ) · g_t
   }
+  static float Direction(const Scalars& s, float g, const float m[2]) {
+    return RmsDirection<float, true, kEpsInSqrt>(s, g, m[0], m[1]);
+  }
 };
 
 ffi::Future RmsLowp(ffi::ThreadPool pool, bool centered, bool /*eps_in_sqrt*/, bool stochastic,
                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (centered) return LowpMomentsCall<CenteredRmsLowpFamily>(pool, stochastic, args, rets);
-  return LowpMomentsCall<RmsLowpFamily>(pool, stochastic, args, rets);
+  if (centered) return LowpMomentsCall<CenteredRmsLowpFamily<>>(pool, stochastic, args, rets);
+  return LowpMomentsCall<RmsLowpFamily<>>(pool, stochastic, args, rets);
+}
+
+// Operands: float32 scalars (the step kernel's, then the seeds), per leaf (g, θ, nu) or
+// (g, θ, mu, nu) when centered; results per leaf (θ, nu) or (θ, mu, nu), in place.
+ffi::Future RmsStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, bool stochastic,
+                        ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (centered) {
+    if (eps_in_sqrt) return LowpStepCall<CenteredRmsLowpFamily<true>>(pool, stochastic, args, rets);
+    return LowpStepCall<CenteredRmsLowpFamily<false>>(pool, stochastic, args, rets);
+  }
+  if (eps_in_sqrt) return LowpStepCall<RmsLowpFamily<true>>(pool, stochastic, args, rets);
+  return LowpStepCall<RmsLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
 }  // namespace
@@ -296,6 +323,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_momentum_step_f64, optadam::RmsMomentu
 
 // Low-precision storage (lowp.h): tx.update's moments advanced in place, any mix of dtypes.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_lowp, optadam::RmsLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_step_lowp, optadam::RmsStepLowp,
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("centered")
