@@ -28,10 +28,11 @@ template <typename T, bool kEpsInSqrt>
 inline T AdagradDirection(const AdagradScalars<T>& k, T g, T s) {
   if (kEpsInSqrt) {
     // u_t = g_t / sqrt(s_t + ε), 0 where s_t = 0 (and where s_t is NaN: `s > 0` is false, as in
-    // jnp.where). The root is taken everywhere, then selected: a conditional sqrt and division
-    // would keep GCC from vectorizing the loop (they may trap).
+    // jnp.where). The root is taken everywhere, then selected on the bits (Select): a
+    // conditional sqrt and division keep GCC from vectorizing the loop (they may trap), and a
+    // plain `?:` let it sink them into one.
     T scale = T(1) / std::sqrt(s + k.eps);
-    return (s > T(0) ? scale : T(0)) * g;
+    return Select(s > T(0), scale, T(0)) * g;
   }
   return g / (std::sqrt(s) + k.eps);  // torch: u_t = g_t / (sqrt(s_t) + ε)
 }

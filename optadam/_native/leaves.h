@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -43,6 +44,21 @@ inline uint32_t Mix(uint32_t x) {
   x ^= x >> 15;
   x *= 0x846CA68Bu;
   return x ^ (x >> 16);
+}
+
+// `pick ? a : b` on the bits, with no branch for the compiler to make: where an arm holds a
+// division or a root used by that arm only, GCC sinks it into a branch, may not execute it
+// unconditionally there (it could trap) and leaves the loop scalar. Both arms are computed.
+template <typename T>
+inline T Select(bool pick, T a, T b) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits x, y;
+  std::memcpy(&x, &a, sizeof(T));
+  std::memcpy(&y, &b, sizeof(T));
+  const Bits mask = Bits{0} - static_cast<Bits>(pick);  // all ones where pick
+  x = (x & mask) | (y & ~mask);
+  std::memcpy(&a, &x, sizeof(T));
+  return a;
 }
 
 template <typename T>

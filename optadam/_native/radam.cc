@@ -130,8 +130,8 @@ ffi::Future RadamStep(ffi::ThreadPool pool, bool nesterov, ffi::RemainingArgs ar
 // --- Stored in bfloat16, or bfloat16/float16 gradients (lowp.h) ---------------------------------
 
 // RAdam (Adam's moments) on lifted moments, for LowpMomentsCall and LowpStepCall: {mu, nu}. The
-// step's direction picks the rectified or the momentum step per element by select (computing
-// both): `rectify` is a runtime scalar, and a branch in the loop would keep it from vectorizing.
+// step's direction picks the rectified or the momentum step per element on the bits (Select,
+// computing both): `rectify` is a runtime scalar, and a branch in the loop keeps it scalar.
 template <bool kNesterov = false>
 struct RadamLowpFamily {
   using Scalars = RadamScalars<float>;
@@ -144,7 +144,7 @@ struct RadamLowpFamily {
   static float Direction(const Scalars& s, float g, const float m[2]) {
     float rectified = RadamDirection<float, kNesterov, true>(s, g, m[0], m[1]);
     float momentum = RadamDirection<float, kNesterov, false>(s, g, m[0], m[1]);
-    return s.rectify != 0.0f ? rectified : momentum;
+    return Select(s.rectify != 0.0f, rectified, momentum);
   }
 };
 
