@@ -12,6 +12,7 @@ path keeps it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable
@@ -99,6 +100,25 @@ def assert_states_equal(a: Any, b: Any) -> None:
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         assert x.dtype == y.dtype and x.shape == y.shape
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def without_nonfinite_blocks(state: Any, previous: Any) -> Any:
+    """``state`` with the codes and scales zeroed in every block whose scale in ``previous`` was
+    inf or NaN. Such a block decodes to NaN (0 · inf), and the XLA path's block maximum over NaN
+    depends on the CPU: XLA runs it in YNNPACK, which skips NaN lane by lane, so the vector width
+    decides what it returns (inf on the AVX-512 machine these tests were written on, 0 on a
+    2-core AVX2 EPYC for the same block; BUILD_NOTES "8-bit Adam", *NaN*). The kernel gives the
+    same result on every CPU; elsewhere the states must still be equal."""
+
+    def mask(q: Any, prev: Any) -> Any:
+        if not isinstance(q, QuantizedArray) or q.codes.ndim != q.scales.ndim:
+            return q
+        bad = ~np.isfinite(np.asarray(prev.scales))
+        per_element = np.repeat(bad, q.block_size, axis=-1)[..., : q.codes.shape[-1]]
+        codes = np.where(per_element, 0, np.asarray(q.codes))
+        return dataclasses.replace(q, codes=codes, scales=np.where(bad, 0, np.asarray(q.scales)))
+
+    return jax.tree.map(mask, state, previous, is_leaf=lambda x: isinstance(x, QuantizedArray))
 
 
 def assert_params_within_adam_bound(new: Any, reference: Any, old: Any, steps: int = 1) -> None:
@@ -212,7 +232,7 @@ def test_nan_and_inf_gradients_give_the_xla_path_codes_scales_and_params():
             g["small"] = g["small"].at[0, 0].set(jnp.nan)
         p_one, s_one = one(p, s, g)
         p_xla, s_xla = xla(p, s, g)
-        assert_states_equal(s_one, s_xla)
+        assert_states_equal(without_nonfinite_blocks(s_one, s), without_nonfinite_blocks(s_xla, s))
         assert_params_within_adam_bound(p_one, p_xla, p)
         p, s = p_xla, s_xla
     assert np.isnan(np.asarray(p["rows"])[2, 10])  # the NaN reached the params
@@ -430,7 +450,9 @@ def test_8bit_update_with_nan_and_inf_gradients_as_on_the_xla_path():
             g["pooled"] = g["pooled"].at[299, 300].set(-jnp.inf)
         u, s_native = native(g, s, params)
         u_xla, s_xla = xla(g, s, params)
-        assert_states_equal(s_native, s_xla)
+        assert_states_equal(
+            without_nonfinite_blocks(s_native, s), without_nonfinite_blocks(s_xla, s)
+        )
         assert_updates_within(u, u_xla, 4)
         s = s_xla
         if t == 1:
