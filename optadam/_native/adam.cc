@@ -155,21 +155,18 @@ inline float MixedElement(const AdamScalars<float>& s, float g, typename M::Stor
 }
 
 // Elements [begin, end) of one leaf of a whole step, as update + apply_updates compute it. With
-// float32 params as StepRange (the clip chosen per element by select: a runtime `decay` there
-// kept GCC from vectorizing, so that one is a template switch). With bfloat16/float16 params (no
-// clip, no decay: the Python falls back) θ is rounded as lowp.h's Applied says. LowpStepCall
-// (lowp.h) is this loop without the decay, for the other families.
-template <typename G, typename M, typename N, bool kNesterov, bool kDecay>
+// float32 params as StepRange. With bfloat16/float16 params (no clip, no decay: the Python falls
+// back) θ is rounded as lowp.h's Applied says. The clip and the decay are template switches: a
+// runtime choice per element kept GCC from vectorizing the loop (see LowpStepRange).
+// LowpStepCall (lowp.h) is this loop without the decay, for the other families.
+template <typename G, typename M, typename N, bool kNesterov, bool kDecay, bool kClip>
 void MixedStepRange(StepScalars<float> s, const MixedLeaf& b, size_t begin, size_t end) {
   const auto* __restrict g = static_cast<const typename G::Stored*>(b.in[0]);
   auto* __restrict theta = static_cast<typename G::Stored*>(b.out[0]);
   auto* __restrict mu = static_cast<typename M::Stored*>(b.out[1]);
   auto* __restrict nu = static_cast<typename N::Stored*>(b.out[2]);
-  const bool clip = s.clip.clip != 0;
   for (size_t i = begin; i < end; ++i) {
-    float g_t = G::Lift(g[i]);
-    float clipped = Clipped<float, true>(s.clip, g_t);
-    g_t = clip ? clipped : g_t;  // g_t, or (g_t / ‖g‖) · c when clipping
+    float g_t = Clipped<float, kClip>(s.clip, G::Lift(g[i]));  // g_t, or (g_t / ‖g‖) · c
     float u = MixedElement<G, M, N, kNesterov>(s.adam, g_t, mu[i], nu[i], b.seed, i);
     if constexpr (G::kExact) {
       if (kDecay) u = MulAdd(s.weight_decay, theta[i], u);  // u_t + λ·θ_{t-1}
@@ -227,9 +224,17 @@ ffi::Future AdamStepLowp(ffi::ThreadPool pool, bool nesterov, bool decay, bool s
     using G = decltype(g);
     using M = decltype(m);
     using N = decltype(v);
-    Range ranges[2][2] = {{MixedStepRange<G, M, N, false, false>, MixedStepRange<G, M, N, false, true>},
-                          {MixedStepRange<G, M, N, true, false>, MixedStepRange<G, M, N, true, true>}};
-    step = ranges[nesterov][decay && G::kExact];
+    if constexpr (G::kExact) {  // [nesterov][decay][clip]
+      Range ranges[2][2][2] = {
+          {{MixedStepRange<G, M, N, false, false, false>, MixedStepRange<G, M, N, false, false, true>},
+           {MixedStepRange<G, M, N, false, true, false>, MixedStepRange<G, M, N, false, true, true>}},
+          {{MixedStepRange<G, M, N, true, false, false>, MixedStepRange<G, M, N, true, false, true>},
+           {MixedStepRange<G, M, N, true, true, false>, MixedStepRange<G, M, N, true, true, true>}}};
+      step = ranges[nesterov][decay][s.clip.clip != 0];
+    } else {  // neither a decay nor a clip (checked above)
+      step = nesterov ? MixedStepRange<G, M, N, true, false, false>
+                      : MixedStepRange<G, M, N, false, false, false>;
+    }
     return ffi::Error::Success();
   });
   if (chosen.failure()) return Done(chosen);
