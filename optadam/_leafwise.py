@@ -452,10 +452,13 @@ def native_step(
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
     Low-precision leaves (see :func:`native_leaves`) need the params in the gradients' dtype;
-    ``rounding_seed`` rounds bfloat16 moments stochastically, as ``update`` would.
+    ``rounding_seed`` rounds bfloat16 moments stochastically, as ``update`` would. 8-bit state
+    takes :func:`native_step_8bit`.
     """
     if not _native.enabled() or jax.default_backend() != "cpu":
         return None
+    if any(_quantize.any_quantized(s) for s in states):  # state_bits=8: block by block
+        return native_step_8bit(kernel, xla, grads, params, *states, rounding_seed=rounding_seed)
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     try:
         s_leaves = [_flatten_like(treedef, grads, s) for s in (params, *states)]
@@ -492,8 +495,17 @@ def native_step(
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
 
 
-# Families with an ``optadam_<name>8_f32`` tx.update kernel for 8-bit moments (adam8.cc).
-_8BIT_KERNELS = ("adam",)
+# Each family's 8-bit kernels, ``optadam_<name>8_f32`` (tx.update) and ``optadam_<name>8_step_f32``
+# (optadam.step; adam8.cc for Adam, block8.h for the others): its moments' formats
+# (QuantizedArray.moment: 1 signed, 2 the second-moment format), by kernel and moment count.
+_8BIT_FORMATS: dict[tuple[str, int], tuple[int, ...]] = {
+    ("adam", 2): (1, 2),
+    ("radam", 2): (1, 2),
+    ("amsgrad", 3): (1, 2, 2),
+    ("momentum", 1): (1,),
+    ("rms", 1): (2,),
+    ("rms", 2): (1, 2),
+}
 
 
 def _native_8bit_updates(
@@ -504,27 +516,29 @@ def _native_8bit_updates(
     s_leaves: list[list[Any]],
     rounding_seed: jax.Array | None,
 ) -> dict[int, list[Any]]:
-    """``{leaf index: [u, new mu, new nu]}`` for the leaves whose two moments are 8-bit codes
+    """``{leaf index: [u, *new moments]}`` for the leaves whose moments are all 8-bit codes
     (float32 gradients, on one CPU device), through one ``optadam_<name>8_f32`` call per block
-    size: per block it decodes m and v, advances them, takes the direction from the float32
-    moments and encodes them -- :func:`map_leaves`' order for 8-bit state, the second moment
-    rounded with the bits ``map_leaves`` gives it. Unlike the other update kernels it writes
-    the update: the direction needs the moments before quantization, which XLA cannot rebuild
-    from the codes. Empty where the kernels are off or do not apply (the XLA path)."""
-    if kernel is None or kernel.name not in _8BIT_KERNELS or rounding_seed is None:
+    size: per block it decodes the moments, advances them, takes the direction from the float32
+    moments and encodes them -- :func:`map_leaves`' order for 8-bit state, each second-format
+    moment rounded with the bits ``map_leaves`` gives it. Unlike the other update kernels it
+    writes the update: the direction needs the moments before quantization, which XLA cannot
+    rebuild from the codes. Empty where the kernels are off or do not apply (the XLA path)."""
+    formats = None if kernel is None else _8BIT_FORMATS.get((kernel.name, len(s_leaves)))
+    if kernel is None or formats is None or (rounding_seed is None and 2 in formats):
         return {}
-    if len(s_leaves) != 2 or not _native.enabled() or jax.default_backend() != "cpu":
+    if not _native.enabled() or jax.default_backend() != "cpu":
         return {}
-    every = (*jax.tree.leaves((g_leaves, s_leaves)), *kernel.scalars, rounding_seed)
+    seeds = () if rounding_seed is None else (rounding_seed,)
+    every = (*jax.tree.leaves((g_leaves, s_leaves)), *kernel.scalars, *seeds)
     if not all(_kernel_traceable(x) for x in every):
         return {}
     by_block: dict[int, list[int]] = {}
-    for i, (g, m, v) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
-        if g is not None and _kernel_fits_8bit(g, g, m, v, kernel.scalars):
-            by_block.setdefault(m.block_size, []).append(i)
+    for i, (g, *s) in enumerate(zip(g_leaves, *s_leaves, strict=True)):
+        if g is not None and _kernel_fits_8bit(g, g, s, formats, kernel.scalars):
+            by_block.setdefault(s[0].block_size, []).append(i)
 
-    def update(g: Any, m: Any, v: Any) -> list[Any]:  # map_leaves' u and moments, floats
-        new = moments(g, m, v)
+    def update(g: Any, *s: Any) -> list[Any]:  # map_leaves' u and moments, floats
+        new = moments(g, *s)
         return [direction(g, *new), *new]
 
     done: dict[int, list[Any]] = {}
@@ -534,19 +548,30 @@ def _native_8bit_updates(
             kernel,
             update,
             [[jnp.asarray(g_leaves[i])] for i in indices],
-            [(s_leaves[0][i], s_leaves[1][i]) for i in indices],
-            _8bit_seeds(rounding_seed, g_leaves, indices),
+            [[s[i] for s in s_leaves] for i in indices],
+            _8bit_seeds(rounding_seed, g_leaves, indices, formats),
             head_in_place=False,
         )
         done.update(zip(indices, outs, strict=True))
     return done
 
 
-def _8bit_seeds(rounding_seed: jax.Array, g_leaves: list[Any], indices: list[int]) -> jax.Array:
-    """The array_seed of each listed leaf's 8-bit second moment: ``rounding_seed`` plus its
-    position among all the moments' elements, as :func:`map_leaves` counts them."""
-    positions = _positions(g_leaves, 2)
-    offsets = np.array([positions[i][1] for i in indices], np.uint64) % 2**32
+def _8bit_seeds(
+    rounding_seed: jax.Array | None,
+    g_leaves: list[Any],
+    indices: list[int],
+    formats: tuple[int, ...],
+) -> jax.Array:
+    """Per listed leaf, the array_seed of each moment in the second-moment format (``formats``:
+    each moment's ``QuantizedArray.moment``), shape (leaves, such moments): ``rounding_seed``
+    plus the moment's position among all the moments' elements, as :func:`map_leaves` counts
+    them."""
+    roots = [k for k, moment in enumerate(formats) if moment == 2]
+    if not roots:  # no stochastic rounding, no seed (which may be None)
+        return jnp.zeros((len(indices), 0), jnp.uint32)
+    positions = _positions(g_leaves, len(formats))
+    offsets = np.array([[positions[i][k] for k in roots] for i in indices], np.uint64) % 2**32
+    offsets = offsets.reshape(len(indices), len(roots))
     return jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
 
 
@@ -555,46 +580,59 @@ def _call_8bit(
     kernel: Kernel,
     f: Callable[..., list[Any]],
     leads: list[list[Any]],
-    moments: list[tuple[QuantizedArray, QuantizedArray]],
+    moments: list[Sequence[QuantizedArray]],
     seeds: jax.Array,
     *,
     head_in_place: bool,
 ) -> list[list[Any]]:
-    """One 8-bit kernel call (adam8.cc) over leaves whose mu and nu are 8-bit codes of one block
-    size: per leaf ``[head, new mu, new nu]``. Operands per leaf: ``lead`` (g, or g and θ), each
-    moment's codes and scales, the second moment's seed; results: the head (u, or θ updated in
-    place of the lead's second operand with ``head_in_place``), then codes and scales in place.
-    ``f(*lead, m, v) -> [head, new m, new v]`` on float moments is the XLA math, run between
-    dequantizing and quantizing (the second moment with the seed): the derivative rule."""
+    """One 8-bit kernel call (``optadam/_native/block8.h``) over leaves whose K moments are 8-bit
+    codes of one block size, in one format per moment: per leaf ``[head, *new moments]``.
+    Operands per leaf: ``lead`` (g, or g and θ), each moment's codes and scales, the seed of each
+    second-format moment (``seeds``' row); results: the head (u, or θ updated in place of the
+    lead's second operand with ``head_in_place``), then codes and scales in place.
+    ``f(*lead, *moments) -> [head, *new moments]`` on float moments is the XLA math, run between
+    dequantizing and quantizing (each second-format moment with its seed): the derivative rule."""
     block_size = moments[0][0].block_size
+    formats = [q.moment for q in moments[0]]
+    roots = [k for k, moment in enumerate(formats) if moment == 2]
+    n_lead = len(leads[0])
 
     def xla_8bit(*operands: Any) -> list[Any]:
-        *lead, mu_codes, mu_scales, nu_codes, nu_scales, seed = operands
-        m = _quantize.dequantize(QuantizedArray(mu_codes, mu_scales, 1, block_size))
-        v = _quantize.dequantize(QuantizedArray(nu_codes, nu_scales, 2, block_size))
-        head, new_m, new_v = f(*lead, m, v)
-        m_q = _quantize.quantize(new_m, 1, block_size)
-        v_q = _quantize.quantize(new_v, 2, block_size, seed)
-        return [head, m_q.codes, m_q.scales, v_q.codes, v_q.scales]
+        lead = operands[:n_lead]
+        stored = operands[n_lead : n_lead + 2 * len(formats)]
+        seed_of = dict(zip(roots, operands[n_lead + 2 * len(formats) :], strict=True))
+        floats = [
+            _quantize.dequantize(QuantizedArray(codes, scales, moment, block_size))
+            for codes, scales, moment in zip(stored[::2], stored[1::2], formats, strict=True)
+        ]
+        head, *new = f(*lead, *floats)
+        quantized = [
+            _quantize.quantize(x, moment, block_size, seed_of.get(k))
+            for k, (x, moment) in enumerate(zip(new, formats, strict=True))
+        ]
+        return [head, *(a for q in quantized for a in (q.codes, q.scales))]
 
     leaves = [
-        [*lead, mu.codes, mu.scales, nu.codes, nu.scales, seeds[k]]
-        for k, (lead, (mu, nu)) in enumerate(zip(leads, moments, strict=True))
+        [*lead, *(a for q in qs for a in (q.codes, q.scales)), *seeds[k]]
+        for k, (lead, qs) in enumerate(zip(leads, moments, strict=True))
     ]
-    n_lead = len(leads[0])
-    in_place = {n_lead + k: 1 + k for k in range(4)}  # each moment's codes and scales
+    in_place = {n_lead + k: 1 + k for k in range(2 * len(formats))}  # codes and scales
     if head_in_place:
         in_place[1] = 0  # θ
     scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
     call = functools.partial(_native.call_blocks, block_size=block_size)
-    outs = _kernel_call(name, kernel, xla_8bit, scalars, leaves, in_place, 5, call)
+    outs = _kernel_call(
+        name, kernel, xla_8bit, scalars, leaves, in_place, 1 + 2 * len(formats), call
+    )
     return [
         [
             head,
-            QuantizedArray(mu_codes, mu_scales, 1, block_size),
-            QuantizedArray(nu_codes, nu_scales, 2, block_size),
+            *(
+                QuantizedArray(codes, scales, moment, block_size)
+                for codes, scales, moment in zip(rest[::2], rest[1::2], formats, strict=True)
+            ),
         ]
-        for head, mu_codes, mu_scales, nu_codes, nu_scales in outs
+        for head, *rest in outs
     ]
 
 
@@ -603,52 +641,55 @@ def native_step_8bit(
     xla: Callable[..., list[jax.Array]],
     grads: optax.Updates,
     params: optax.Params,
-    mu: optax.Params,
-    nu: optax.Params,
-    rounding_seed: jax.Array,
+    *states: optax.Params,
+    rounding_seed: jax.Array | None,
 ) -> tuple[Any, ...] | None:
-    """:func:`native_step` for Adam's 8-bit state (``state_bits=8``): ``(new_params, mu, nu)``.
+    """:func:`native_step` for 8-bit state (``state_bits=8``): ``(new_params, *new_states)``.
 
-    The leaves whose moments are 8-bit codes go through one ``optadam_adam8_step_f32`` call
-    (``kernel``'s scalars and options; ``optadam/_native/adam8.cc``), which per block decodes
-    m and v, takes the step, and encodes the new m and √v as :func:`map_leaves` does -- the
-    second moment rounded with the bits :func:`map_leaves` gives it (``rounding_seed`` offset by
-    the array's position, ``optadam._quantize.array_seed``). The small leaves, whose moments
-    stay float32, go through :func:`native_step`'s kernel. None unless every leaf fits one of
-    the two (float32 params and gradients, on one CPU device: the 8-bit call has no sharding
-    rule, so a jit over sharded params takes the XLA path), so the caller takes that path.
+    The leaves whose moments are 8-bit codes go through one ``optadam_<name>8_step_f32`` call
+    (``kernel``'s scalars and options; ``optadam/_native/block8.h``, Adam's ``adam8.cc``), which
+    per block decodes the moments, takes the step, and encodes the new ones as
+    :func:`map_leaves` does -- each second-format moment rounded with the bits
+    :func:`map_leaves` gives it (``rounding_seed`` offset by the array's position,
+    ``optadam._quantize.array_seed``). The small leaves, whose moments stay float32, go through
+    :func:`native_step`'s kernel. None unless every leaf fits one of the two (float32 params and
+    gradients, on one CPU device: the 8-bit call has no sharding rule, so a jit over sharded
+    params takes the XLA path) and the family has an 8-bit kernel for its moments, so the caller
+    takes that path.
 
-    ``xla(g, p, mu, nu)`` is the step on float moments, as for :func:`native_step`.
+    ``xla(g, p, *moments)`` is the step on float moments, as for :func:`native_step`.
     """
-    if not _native.enabled() or jax.default_backend() != "cpu":
+    formats = _8BIT_FORMATS.get((kernel.name, len(states)))
+    if formats is None or not _native.enabled() or jax.default_backend() != "cpu":
         return None
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     try:
-        p_leaves, mu_leaves, nu_leaves = [
-            _flatten_like(treedef, grads, x) for x in (params, mu, nu)
-        ]
+        p_leaves, *s_leaves = [_flatten_like(treedef, grads, x) for x in (params, *states)]
     except ValueError:
         return None
-    every = (*jax.tree.leaves((g_leaves, p_leaves, mu_leaves, nu_leaves)), *kernel.scalars)
-    if not all(_kernel_traceable(x) for x in (*every, rounding_seed)):
+    every = (*jax.tree.leaves((g_leaves, p_leaves, s_leaves)), *kernel.scalars)
+    seeds = () if rounding_seed is None else (rounding_seed,)
+    if not all(_kernel_traceable(x) for x in (*every, *seeds)):
+        return None
+    if rounding_seed is None and 2 in formats:
         return None
     quantized: list[int] = []
     plain: list[int] = []
-    for i, (g, p, m, v) in enumerate(zip(g_leaves, p_leaves, mu_leaves, nu_leaves, strict=True)):
+    for i, (g, p, *s) in enumerate(zip(g_leaves, p_leaves, *s_leaves, strict=True)):
         if g is None:  # no param here (native_step passes it through) or no gradient (XLA path)
             plain.append(i)
-        elif isinstance(m, QuantizedArray) or isinstance(v, QuantizedArray):
-            if not _kernel_fits_8bit(g, p, m, v, kernel.scalars):
+        elif any(isinstance(x, QuantizedArray) for x in s):
+            if not _kernel_fits_8bit(g, p, s, formats, kernel.scalars):
                 return None
             quantized.append(i)
         else:
             plain.append(i)
-    block_sizes = {mu_leaves[i].block_size for i in quantized}
+    block_sizes = {s_leaves[0][i].block_size for i in quantized}
     if not quantized or len(block_sizes) != 1:
         return None
     done: dict[int, Sequence[Any]] = {}
     if plain:
-        pick = [[leaves[i] for i in plain] for leaves in (g_leaves, p_leaves, mu_leaves, nu_leaves)]
+        pick = [[leaves[i] for i in plain] for leaves in (g_leaves, p_leaves, *s_leaves)]
         floats = native_step(kernel, xla, *pick)
         if floats is None:
             return None
@@ -658,8 +699,8 @@ def native_step_8bit(
         kernel,
         xla,
         [[jnp.asarray(g_leaves[i]), p_leaves[i]] for i in quantized],
-        [(mu_leaves[i], nu_leaves[i]) for i in quantized],
-        _8bit_seeds(rounding_seed, g_leaves, quantized),
+        [[s[i] for s in s_leaves] for i in quantized],
+        _8bit_seeds(rounding_seed, g_leaves, quantized, formats),
         head_in_place=True,
     )
     done.update(zip(quantized, outs, strict=True))
@@ -667,20 +708,25 @@ def native_step_8bit(
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
 
 
-def _kernel_fits_8bit(g: Any, p: Any, mu: Any, nu: Any, scalars: tuple[Any, ...]) -> bool:
-    """A float32 leaf with both moments 8-bit codes, on one CPU device and not sharded."""
-    if not (isinstance(mu, QuantizedArray) and isinstance(nu, QuantizedArray)):
+def _kernel_fits_8bit(
+    g: Any, p: Any, moments: Sequence[Any], formats: tuple[int, ...], scalars: tuple[Any, ...]
+) -> bool:
+    """A float32 leaf whose moments are all 8-bit codes of one block size in ``formats``, on one
+    CPU device and not sharded."""
+    if not all(isinstance(q, QuantizedArray) for q in moments):
         return False
-    if (mu.moment, nu.moment) != (1, 2) or mu.block_size != nu.block_size:
+    if tuple(q.moment for q in moments) != formats:
+        return False
+    if len({q.block_size for q in moments}) != 1:
         return False
     f32 = jnp.dtype(jnp.float32)
     if any(jnp.result_type(x) != f32 for x in (g, p)) or jnp.shape(p) != jnp.shape(g):
         return False
-    if mu.shape != jnp.shape(g) or nu.shape != jnp.shape(g):
+    if any(q.shape != jnp.shape(g) for q in moments):
         return False
     if any(jnp.result_type(x, f32) != f32 for x in scalars):
         return False
-    arrays = (g, p, mu.codes, mu.scales, nu.codes, nu.scales)
+    arrays = (g, p, *(a for q in moments for a in (q.codes, q.scales)))
     return all(_on_one_cpu(x) and _on_no_mesh(x) for x in arrays)
 
 

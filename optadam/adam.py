@@ -34,7 +34,6 @@ from optadam._leafwise import (
     low_precision,
     map_leaves,
     native_step,
-    native_step_8bit,
     safe_increment,
     stored_step,
     with_one_pass,
@@ -542,11 +541,7 @@ def _adam_one_pass(
 
         moments = (adam_state.mu, adam_state.nu)
         rounding = _quantize.rounding_seed(t, "adam") if seeded else None  # as scale_by_adam's
-        if _quantize.any_quantized(adam_state.nu):  # state_bits=8: block by block, same seeds
-            seed = _quantize.rounding_seed(t, "adam")  # (seeded: state_bits is set)
-            done = native_step_8bit(kernel, xla, grads, params, *moments, rounding_seed=seed)
-        else:
-            done = native_step(kernel, xla, grads, params, *moments, rounding_seed=rounding)
+        done = native_step(kernel, xla, grads, params, *moments, rounding_seed=rounding)
         if done is None:
             return None
         new_params, mu, nu = done

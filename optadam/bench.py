@@ -18,7 +18,8 @@ leaves to group, elsewhere it is optadam's program) and optax for sgd+momentum, 
 adamw; for adam also optadam's lean states, 8-bit moments (``state_bits=8``: the XLA path,
 ``_native`` its update kernel, ``_step`` its one pass) and bfloat16 moments, rounded to nearest
 and stochastically; the other families with bfloat16 moments (``bf16_state``: ``_xla``,
-``_native`` and ``_step`` likewise); torch.optim
+``_native`` and ``_step`` likewise) and with 8-bit moments (``8bit_state``, likewise);
+torch.optim
 (foreach, and fused where torch has it) when torch is installed. The full run peaks at ~22 GB
 of memory (the GPT-2 case); ``--cases`` picks fewer.
 
@@ -161,6 +162,20 @@ for _family, (_make, _bytes) in BF16_STATE.items():
     for _path, _native in (("xla", False), ("native", True), ("step", True)):
         OPTIMIZERS["bf16_state"][f"{_family}_{_path}"] = _on_path(_make, _native)
         BYTES_MOVED[("bf16_state", f"{_family}_{_path}")] = _bytes
+# The other families with 8-bit moments, on the XLA path, with their tx.update kernel (block8.h's
+# Update8Call, which writes u) and as optadam.step's one pass (Step8Call).
+EIGHT_BIT_STATE: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] = {
+    # family: (optimizer, bytes per parameter of one ideal pass: p 8, g 4, each moment's codes 2)
+    "sgd_momentum": (lambda: optadam.sgd(1e-3, 0.9, state_bits=8), 14),
+    "rmsprop_centered": (lambda: optadam.rmsprop(1e-3, centered=True, state_bits=8), 16),
+    "amsgrad": (lambda: optadam.amsgrad(1e-3, state_bits=8), 18),
+    "radam": (lambda: optadam.radam(1e-3, state_bits=8), 16),
+}
+OPTIMIZERS["8bit_state"] = {}
+for _family, (_make, _bytes) in EIGHT_BIT_STATE.items():
+    for _path, _native in (("xla", False), ("native", True), ("step", True)):
+        OPTIMIZERS["8bit_state"][f"{_family}_{_path}"] = _on_path(_make, _native)
+        BYTES_MOVED[("8bit_state", f"{_family}_{_path}")] = _bytes
 OPTIMIZERS["adamw_clip"] = {  # the most common chain in training: clip, then AdamW
     "optadam": lambda: xla_path(
         optadam.chain(optadam.clip_by_global_norm(1.0), optadam.adamw(1e-3))

@@ -42,11 +42,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 SOURCE_DIR = Path(__file__).parent
 SOURCES: tuple[str, ...] = ("adam.cc", "momentum.cc", "rms.cc", "adagrad.cc")
 SOURCES += ("adam8.cc",)
-HEADERS = ("leaves.h", "lowp.h")
+HEADERS = ("leaves.h", "lowp.h", "block8.h")
 # -fno-math-errno lets sqrt vectorize (without it the Adam kernel is ~8x slower); never
-# -ffast-math: NaN and inf must propagate as on the XLA path. -ffp-contract=off: the kernels place
-# their fused multiply-adds themselves, where XLA:CPU has them (MulAdd in leaves.h).
-FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off")
+# -ffast-math: NaN and inf must propagate as on the XLA path. -fno-trapping-math lets the 8-bit
+# encoding loops vectorize (block8.h; no result changes, only the exception flags go untracked,
+# clang's default). -ffp-contract=off: the kernels place their fused multiply-adds themselves,
+# where XLA:CPU has them (MulAdd in leaves.h).
+FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math")
+FLAGS += ("-ffp-contract=off",)
 FLAGS += ("-shared", "-fPIC", "-std=c++17")
 TARGETS: tuple[str, ...] = (
     "optadam_adam_f32",
@@ -66,6 +69,14 @@ TARGETS += ("optadam_amsgrad_step_f32", "optadam_amsgrad_step_f64")
 TARGETS += ("optadam_radam_f32", "optadam_radam_f64")
 TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
 TARGETS += ("optadam_adam8_step_f32", "optadam_adam8_f32")
+TARGETS += ("optadam_momentum8_step_f32", "optadam_rms8_step_f32")
+TARGETS += ("optadam_amsgrad8_step_f32", "optadam_radam8_step_f32")
+TARGETS += (
+    "optadam_momentum8_f32",
+    "optadam_rms8_f32",
+    "optadam_amsgrad8_f32",
+    "optadam_radam8_f32",
+)
 # bfloat16/float16 params or bfloat16 moments (math in float32; dtypes read from the buffers)
 TARGETS += ("optadam_adam_lowp", "optadam_adam_step_lowp")
 TARGETS += ("optadam_momentum_lowp", "optadam_rms_lowp", "optadam_adagrad_lowp")

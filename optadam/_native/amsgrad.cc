@@ -3,6 +3,7 @@
 // the definition; tests/test_native_amsgrad.py holds this file to it.
 #include <cmath>
 
+#include "block8.h"
 #include "leaves.h"
 #include "lowp.h"
 
@@ -17,10 +18,11 @@ struct AmsgradScalars {
 };
 constexpr size_t kAmsgradScalars = sizeof(AmsgradScalars<float>) / sizeof(float);
 
-// max(a, b) as jnp.maximum: NaN if either is NaN.
+// max(a, b) as jnp.maximum: NaN if either is NaN. A select on the bits (leaves.h): with `||`
+// and `?:` GCC left the 8-bit kernel's element loop scalar ("control flow in loop").
 template <typename T>
 inline T Maximum(T a, T b) {
-  return (a > b || std::isnan(a)) ? a : b;
+  return Select((a > b) | std::isnan(a), a, b);
 }
 
 // amsgrad_moments: the three moments advanced in place.
@@ -128,6 +130,7 @@ ffi::Future AmsgradStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
 struct AmsgradLowpFamily {
   using Scalars = AmsgradScalars<float>;
   static constexpr size_t kMoments = 3;
+  static constexpr Format8 kFormats[3] = {kSigned, kRoot, kRoot};  // state_bits=8 (block8.h)
   template <typename G, typename M, typename N, typename X>
   static void Moments(const Scalars& s, float g, float m[3]) {
     m[0] = Ema<G, M>(s.b1, s.one_minus_b1, m[0], g);      // m_t = β1 · m_{t-1} + (1 − β1) · g_t
@@ -149,6 +152,21 @@ ffi::Future AmsgradLowp(ffi::ThreadPool pool, bool stochastic, ffi::RemainingArg
 ffi::Future AmsgradStepLowp(ffi::ThreadPool pool, bool stochastic, ffi::RemainingArgs args,
                             ffi::RemainingRets rets) {
   return LowpStepCall<AmsgradLowpFamily>(pool, stochastic, args, rets);
+}
+
+// 8-bit moments (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, codes
+// and scales of mu, nu and nu_max, then nu's and nu_max's seeds); results per leaf (θ, codes and
+// scales), in place.
+ffi::Future AmsgradStep8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets) {
+  return Step8Call<AmsgradLowpFamily>(pool, block_size, args, rets);
+}
+
+// tx.update's with 8-bit moments: operands the update kernel's scalars, per leaf (g, codes and
+// scales of mu, nu and nu_max, nu's and nu_max's seeds); results per leaf (u, codes and scales).
+ffi::Future AmsgradUpdate8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
+                           ffi::RemainingRets rets) {
+  return Update8Call<AmsgradLowpFamily>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -178,5 +196,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad_step_lowp, optadam::AmsgradStepLow
                               xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad8_step_f32, optadam::AmsgradStep8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<int64_t>("block_size")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad8_f32, optadam::AmsgradUpdate8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<int64_t>("block_size")
                                   .RemainingArgs()
                                   .RemainingRets());

@@ -1,6 +1,7 @@
 // Momentum, heavy-ball and Nesterov, each element in one pass: optadam/momentum.py's
 // scale_by_momentum (its moments, then its direction) transcribed line for line, with the same
 // names and order. The Python stays the definition; tests/test_native.py holds this file to it.
+#include "block8.h"
 #include "leaves.h"
 #include "lowp.h"
 
@@ -118,6 +119,7 @@ template <bool kNesterov = false>
 struct MomentumLowpFamily {
   using Scalars = MomentumScalars<float>;
   static constexpr size_t kMoments = 1;
+  static constexpr Format8 kFormats[1] = {kSigned};  // state_bits=8 (block8.h)
   template <typename G, typename M>
   static void Moments(const Scalars& s, float g, float m[1]) {
     MomentumMoments(s, g, m[0]);  // trace_t = g_t + β · trace_{t-1}
@@ -138,6 +140,22 @@ ffi::Future MomentumStepLowp(ffi::ThreadPool pool, bool nesterov, bool stochasti
                              ffi::RemainingArgs args, ffi::RemainingRets rets) {
   if (nesterov) return LowpStepCall<MomentumLowpFamily<true>>(pool, stochastic, args, rets);
   return LowpStepCall<MomentumLowpFamily<false>>(pool, stochastic, args, rets);
+}
+
+// 8-bit trace (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, trace
+// codes and scales); results per leaf (θ, codes, scales), in place.
+ffi::Future MomentumStep8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                          ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return Step8Call<MomentumLowpFamily<true>>(pool, block_size, args, rets);
+  return Step8Call<MomentumLowpFamily<false>>(pool, block_size, args, rets);
+}
+
+// tx.update's with an 8-bit trace: operands the scalars (β), per leaf (g, codes, scales); results
+// per leaf (u, codes, scales), the trace in place.
+ffi::Future MomentumUpdate8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                            ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return Update8Call<MomentumLowpFamily<true>>(pool, block_size, args, rets);
+  return Update8Call<MomentumLowpFamily<false>>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -170,5 +188,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum_step_lowp, optadam::MomentumStepL
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("nesterov")
                                   .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum8_step_f32, optadam::MomentumStep8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<int64_t>("block_size")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum8_f32, optadam::MomentumUpdate8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<int64_t>("block_size")
                                   .RemainingArgs()
                                   .RemainingRets());

@@ -6,6 +6,7 @@
 // the definition; tests/test_native_radam.py holds this file to it.
 #include <cmath>
 
+#include "block8.h"
 #include "leaves.h"
 #include "lowp.h"
 
@@ -136,6 +137,7 @@ template <bool kNesterov = false>
 struct RadamLowpFamily {
   using Scalars = RadamScalars<float>;
   static constexpr size_t kMoments = 2;
+  static constexpr Format8 kFormats[2] = {kSigned, kRoot};  // state_bits=8 (block8.h)
   template <typename G, typename M, typename N>
   static void Moments(const Scalars& s, float g, float m[2]) {
     m[0] = Ema<G, M>(s.b1, s.one_minus_b1, m[0], g);      // m_t = β1 · m_{t-1} + (1 − β1) · g_t
@@ -159,6 +161,23 @@ ffi::Future RadamStepLowp(ffi::ThreadPool pool, bool nesterov, bool stochastic,
                           ffi::RemainingArgs args, ffi::RemainingRets rets) {
   if (nesterov) return LowpStepCall<RadamLowpFamily<true>>(pool, stochastic, args, rets);
   return LowpStepCall<RadamLowpFamily<false>>(pool, stochastic, args, rets);
+}
+
+// 8-bit moments (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, mu
+// codes and scales, nu codes and scales, nu's seed); results per leaf (θ, codes and scales), in
+// place.
+ffi::Future RadamStep8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return Step8Call<RadamLowpFamily<true>>(pool, block_size, args, rets);
+  return Step8Call<RadamLowpFamily<false>>(pool, block_size, args, rets);
+}
+
+// tx.update's with 8-bit moments: operands the update kernel's scalars, per leaf (g, mu codes
+// and scales, nu codes and scales, nu's seed); results per leaf (u, codes and scales).
+ffi::Future RadamUpdate8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                         ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return Update8Call<RadamLowpFamily<true>>(pool, block_size, args, rets);
+  return Update8Call<RadamLowpFamily<false>>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -191,5 +210,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam_step_lowp, optadam::RadamStepLowp,
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Attr<bool>("nesterov")
                                   .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam8_step_f32, optadam::RadamStep8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<int64_t>("block_size")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam8_f32, optadam::RadamUpdate8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("nesterov")
+                                  .Attr<int64_t>("block_size")
                                   .RemainingArgs()
                                   .RemainingRets());

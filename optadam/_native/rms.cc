@@ -3,6 +3,7 @@
 // and order. The Python stays the definition; tests/test_native_rms.py holds this file to it.
 #include <cmath>
 
+#include "block8.h"
 #include "leaves.h"
 #include "lowp.h"
 
@@ -246,6 +247,7 @@ template <bool kEpsInSqrt = true>
 struct RmsLowpFamily {
   using Scalars = RmsScalars<float>;
   static constexpr size_t kMoments = 1;
+  static constexpr Format8 kFormats[1] = {kRoot};  // state_bits=8 (block8.h)
   template <typename G, typename N>
   static void Moments(const Scalars& s, float g, float m[1]) {
     m[0] = Ema<G, N>(s.decay, s.one_minus_decay, m[0], g * g);  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
@@ -259,6 +261,7 @@ template <bool kEpsInSqrt = true>
 struct CenteredRmsLowpFamily {
   using Scalars = RmsScalars<float>;
   static constexpr size_t kMoments = 2;
+  static constexpr Format8 kFormats[2] = {kSigned, kRoot};  // state_bits=8 (block8.h)
   template <typename G, typename M, typename N>
   static void Moments(const Scalars& s, float g, float m[2]) {
     m[1] = Ema<G, N>(s.decay, s.one_minus_decay, m[1], g * g);  // ν_t = ρ · ν_{t-1} + (1 − ρ) · |g_t|²
@@ -285,6 +288,31 @@ ffi::Future RmsStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, b
   }
   if (eps_in_sqrt) return LowpStepCall<RmsLowpFamily<true>>(pool, stochastic, args, rets);
   return LowpStepCall<RmsLowpFamily<false>>(pool, stochastic, args, rets);
+}
+
+// 8-bit moments (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, nu
+// codes and scales, nu's seed) or, centered, (g, θ, mu codes and scales, nu codes and scales,
+// nu's seed); results per leaf (θ, then the codes and scales), in place.
+ffi::Future RmsStep8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
+                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (centered) {
+    if (eps_in_sqrt) return Step8Call<CenteredRmsLowpFamily<true>>(pool, block_size, args, rets);
+    return Step8Call<CenteredRmsLowpFamily<false>>(pool, block_size, args, rets);
+  }
+  if (eps_in_sqrt) return Step8Call<RmsLowpFamily<true>>(pool, block_size, args, rets);
+  return Step8Call<RmsLowpFamily<false>>(pool, block_size, args, rets);
+}
+
+// tx.update's with 8-bit moments: operands the update kernel's scalars, per leaf (g, then the
+// moments' codes and scales as the step's, nu's seed); results per leaf (u, codes and scales).
+ffi::Future RmsUpdate8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
+                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (centered) {
+    if (eps_in_sqrt) return Update8Call<CenteredRmsLowpFamily<true>>(pool, block_size, args, rets);
+    return Update8Call<CenteredRmsLowpFamily<false>>(pool, block_size, args, rets);
+  }
+  if (eps_in_sqrt) return Update8Call<RmsLowpFamily<true>>(pool, block_size, args, rets);
+  return Update8Call<RmsLowpFamily<false>>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -337,5 +365,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_step_lowp, optadam::RmsStepLowp,
                                   .Attr<bool>("centered")
                                   .Attr<bool>("eps_in_sqrt")
                                   .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms8_step_f32, optadam::RmsStep8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<int64_t>("block_size")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms8_f32, optadam::RmsUpdate8,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<int64_t>("block_size")
                                   .RemainingArgs()
                                   .RemainingRets());
