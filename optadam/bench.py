@@ -163,7 +163,7 @@ for _family, (_make, _bytes) in BF16_STATE.items():
         OPTIMIZERS["bf16_state"][f"{_family}_{_path}"] = _on_path(_make, _native)
         BYTES_MOVED[("bf16_state", f"{_family}_{_path}")] = _bytes
 # The other families with 8-bit moments, on the XLA path, with their tx.update kernel (block8.h's
-# Update8Call, which writes u) and as optadam.step's one pass (Step8Call).
+# Call8 for tx.update, which writes u) and as optadam.step's one pass (Call8 for the step).
 EIGHT_BIT_STATE: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] = {
     # family: (optimizer, bytes per parameter of one ideal pass: p 8, g 4, each moment's codes 2)
     "sgd_momentum": (lambda: optadam.sgd(1e-3, 0.9, state_bits=8), 14),

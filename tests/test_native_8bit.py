@@ -63,7 +63,7 @@ EIGHT_BIT = {
     "adam_eps_root": lambda: optadam.adam(0.01, b1=0.5, eps=0.0, eps_root=1e-8, state_bits=8),
     "adam_block_100": lambda: optadam.adam(0.01, state_bits=8, block_size=100),
 }
-# Every other family with 8-bit state and its kernel (block8.h's Step8Call); RMSProp with a
+# Every other family with 8-bit state and its kernel (block8.h's Call8); RMSProp with a
 # trace has none (FALLBACKS).
 FAMILIES = {
     "radam": (lambda: optadam.radam(0.01, state_bits=8), "radam8"),

@@ -154,19 +154,13 @@ ffi::Future AmsgradStepLowp(ffi::ThreadPool pool, bool stochastic, ffi::Remainin
   return LowpStepCall<AmsgradLowpFamily>(pool, stochastic, args, rets);
 }
 
-// 8-bit moments (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, codes
-// and scales of mu, nu and nu_max, then nu's and nu_max's seeds); results per leaf (θ, codes and
-// scales), in place.
-ffi::Future AmsgradStep8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
-                         ffi::RemainingRets rets) {
-  return Step8Call<AmsgradLowpFamily>(pool, block_size, args, rets);
-}
-
-// tx.update's with 8-bit moments: operands the update kernel's scalars, per leaf (g, codes and
-// scales of mu, nu and nu_max, nu's and nu_max's seeds); results per leaf (u, codes and scales).
-ffi::Future AmsgradUpdate8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
-                           ffi::RemainingRets rets) {
-  return Update8Call<AmsgradLowpFamily>(pool, block_size, args, rets);
+// 8-bit moments (block8.h): optadam.step's (kUpdate false) or tx.update's. Operands: the step
+// kernel's or the update kernel's scalars, per leaf (g, θ (the step's), codes and scales of mu,
+// nu and nu_max, then nu's and nu_max's seeds); results per leaf (θ or u, codes and scales).
+template <bool kUpdate>
+ffi::Future Amsgrad8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
+                     ffi::RemainingRets rets) {
+  return Call8<AmsgradLowpFamily, kUpdate>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -199,16 +193,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad_step_lowp, optadam::AmsgradStepLow
                                   .RemainingArgs()
                                   .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad8_step_f32, optadam::AmsgradStep8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+#define OPTADAM_AMSGRAD8_HANDLER(name, update)                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::Amsgrad8<update>,        \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<int64_t>("block_size")        \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_amsgrad8_f32, optadam::AmsgradUpdate8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+// 8-bit moments (block8.h)
+OPTADAM_AMSGRAD8_HANDLER(optadam_amsgrad8_step_f32, false)
+OPTADAM_AMSGRAD8_HANDLER(optadam_amsgrad8_f32, true)

@@ -1,5 +1,5 @@
 // Block-wise 8-bit moments (state_bits=8) in one pass, shared by the families' 8-bit kernels
-// (adam8.cc for Adam, AdamW and NAdam; the generic Step8Call below for RAdam, AMSGrad, Momentum
+// (adam8.cc for Adam, AdamW and NAdam; the generic Call8 below for RAdam, AMSGrad, Momentum
 // and RMSProp): the dynamic map's codec, one leaf's codes and scales, and the walk over its
 // blocks. The formats are optadam/_quantize.py's (read its module docstring); each codec function
 // transcribes the Python function of the same name, in the same order, with the rewrites XLA:CPU
@@ -414,56 +414,44 @@ void Step8Range(const LowpStepScalars<typename Family::Scalars>& s, size_t block
   });
 }
 
-// A family's optadam.step kernel with 8-bit moments (float32 params and gradients). Operands: the
-// scalars (float32 LowpStepScalars: the clip, the family's, −η), then per leaf (g, θ, each
-// moment's codes and scales, each kRoot moment's seed); results per leaf (θ, each moment's codes
-// and scales), in place. `Family` is a lowp.h family with `kFormats[K]`, its moments' formats.
+// A family's 8-bit kernel, optadam.step's or (kUpdate) tx.update's; float32 params and
+// gradients. `Family` is a lowp.h family with `kFormats[K]`, its moments' formats.
+// - optadam.step's: operands the scalars (float32 LowpStepScalars: the clip, the family's, −η),
+//   then per leaf (g, θ, each moment's codes and scales, each kRoot moment's seed); results per
+//   leaf (θ, each moment's codes and scales), in place.
+// - tx.update's: operands the family's scalars (float32 Family::Scalars, as its other update
+//   kernels take them), then per leaf (g, codes, scales, seeds as above); results per leaf (u,
+//   each moment's codes and scales), the moments in place. It writes u, as Adam's 8-bit update
+//   kernel does (adam8.cc): the direction needs the moments before quantization, which XLA
+//   cannot rebuild from the codes.
 // Split over XLA's thread pool as the other kernels are (InParallel), a block never split.
-template <typename Family>
-ffi::Future Step8Call(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
-                      ffi::RemainingRets rets) {
+template <typename Family, bool kUpdate>
+ffi::Future Call8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
+                  ffi::RemainingRets rets) {
   constexpr size_t K = Family::kMoments;
   using Scalars = LowpStepScalars<typename Family::Scalars>;
-  auto packed = GetScalars<float>(args, sizeof(Scalars) / sizeof(float));
+  Scalars s{};  // tx.update's: no clip (clip = 0) or learning rate
+  auto packed = GetScalars<float>(
+      args, (kUpdate ? sizeof(s.family) : sizeof(Scalars)) / sizeof(float));
   if (packed.has_error()) return Done(packed.error());
-  Scalars s;
-  std::memcpy(&s, *packed, sizeof(s));
+  if (kUpdate) {
+    std::memcpy(&s.family, *packed, sizeof(s.family));
+  } else {
+    std::memcpy(&s, *packed, sizeof(s));
+  }
   std::vector<Leaf8<K>> leaves;
-  if (ffi::Error error = GetLeaves8(args, rets, block_size, Family::kFormats, false, leaves);
+  if (ffi::Error error = GetLeaves8(args, rets, block_size, Family::kFormats, kUpdate, leaves);
       error.failure()) {
     return Done(error);
   }
   const size_t bs = static_cast<size_t>(block_size);
-  // whether to clip is known only now, from this step's norm
-  auto step = s.clip.clip != 0 ? Step8Range<Family, true> : Step8Range<Family, false>;
-  return InParallel<float>(pool, std::move(leaves),
-                           [s, bs, step](const Leaf8<K>& leaf, size_t begin, size_t end) {
-                             step(s, bs, leaf, begin, end);
-                           });
-}
-
-// A family's tx.update kernel with 8-bit moments (float32 gradients): operands the family's
-// scalars (float32 Family::Scalars, as its other update kernels take them), then per leaf (g,
-// each moment's codes and scales, each kRoot moment's seed); results per leaf (u, each moment's
-// codes and scales), the moments in place. It writes u, as Adam's 8-bit update kernel does
-// (adam8.cc): the direction needs the moments before quantization, which XLA cannot rebuild.
-template <typename Family>
-ffi::Future Update8Call(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
-                        ffi::RemainingRets rets) {
-  constexpr size_t K = Family::kMoments;
-  auto packed = GetScalars<float>(args, sizeof(typename Family::Scalars) / sizeof(float));
-  if (packed.has_error()) return Done(packed.error());
-  LowpStepScalars<typename Family::Scalars> s{};  // no clip (clip = 0) or learning rate
-  std::memcpy(&s.family, *packed, sizeof(s.family));
-  std::vector<Leaf8<K>> leaves;
-  if (ffi::Error error = GetLeaves8(args, rets, block_size, Family::kFormats, true, leaves);
-      error.failure()) {
-    return Done(error);
+  auto range = Step8Range<Family, false, kUpdate>;
+  if constexpr (!kUpdate) {  // whether to clip is known only now, from this step's norm
+    if (s.clip.clip != 0) range = Step8Range<Family, true, false>;
   }
-  const size_t bs = static_cast<size_t>(block_size);
   return InParallel<float>(pool, std::move(leaves),
-                           [s, bs](const Leaf8<K>& leaf, size_t begin, size_t end) {
-                             Step8Range<Family, false, true>(s, bs, leaf, begin, end);
+                           [s, bs, range](const Leaf8<K>& leaf, size_t begin, size_t end) {
+                             range(s, bs, leaf, begin, end);
                            });
 }
 

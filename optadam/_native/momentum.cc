@@ -142,20 +142,14 @@ ffi::Future MomentumStepLowp(ffi::ThreadPool pool, bool nesterov, bool stochasti
   return LowpStepCall<MomentumLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
-// 8-bit trace (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, trace
-// codes and scales); results per leaf (θ, codes, scales), in place.
-ffi::Future MomentumStep8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
-                          ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (nesterov) return Step8Call<MomentumLowpFamily<true>>(pool, block_size, args, rets);
-  return Step8Call<MomentumLowpFamily<false>>(pool, block_size, args, rets);
-}
-
-// tx.update's with an 8-bit trace: operands the scalars (β), per leaf (g, codes, scales); results
-// per leaf (u, codes, scales), the trace in place.
-ffi::Future MomentumUpdate8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
-                            ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (nesterov) return Update8Call<MomentumLowpFamily<true>>(pool, block_size, args, rets);
-  return Update8Call<MomentumLowpFamily<false>>(pool, block_size, args, rets);
+// 8-bit trace (block8.h): optadam.step's (kUpdate false) or tx.update's. Operands: the step
+// kernel's or the update kernel's scalars, per leaf (g, θ (the step's), trace codes and scales);
+// results per leaf (θ or u, codes, scales), in place.
+template <bool kUpdate>
+ffi::Future Momentum8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                      ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return Call8<MomentumLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
+  return Call8<MomentumLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -191,18 +185,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum_step_lowp, optadam::MomentumStepL
                                   .RemainingArgs()
                                   .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum8_step_f32, optadam::MomentumStep8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<bool>("nesterov")
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+#define OPTADAM_MOMENTUM8_HANDLER(name, update)                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::Momentum8<update>,       \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("nesterov")             \
+                                    .Attr<int64_t>("block_size")        \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_momentum8_f32, optadam::MomentumUpdate8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<bool>("nesterov")
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+// 8-bit trace (block8.h)
+OPTADAM_MOMENTUM8_HANDLER(optadam_momentum8_step_f32, false)
+OPTADAM_MOMENTUM8_HANDLER(optadam_momentum8_f32, true)

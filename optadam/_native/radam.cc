@@ -163,21 +163,14 @@ ffi::Future RadamStepLowp(ffi::ThreadPool pool, bool nesterov, bool stochastic,
   return LowpStepCall<RadamLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
-// 8-bit moments (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, mu
-// codes and scales, nu codes and scales, nu's seed); results per leaf (θ, codes and scales), in
-// place.
-ffi::Future RadamStep8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
-                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (nesterov) return Step8Call<RadamLowpFamily<true>>(pool, block_size, args, rets);
-  return Step8Call<RadamLowpFamily<false>>(pool, block_size, args, rets);
-}
-
-// tx.update's with 8-bit moments: operands the update kernel's scalars, per leaf (g, mu codes
-// and scales, nu codes and scales, nu's seed); results per leaf (u, codes and scales).
-ffi::Future RadamUpdate8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
-                         ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (nesterov) return Update8Call<RadamLowpFamily<true>>(pool, block_size, args, rets);
-  return Update8Call<RadamLowpFamily<false>>(pool, block_size, args, rets);
+// 8-bit moments (block8.h): optadam.step's (kUpdate false) or tx.update's. Operands: the step
+// kernel's or the update kernel's scalars, per leaf (g, θ (the step's), mu codes and scales, nu
+// codes and scales, nu's seed); results per leaf (θ or u, codes and scales), in place.
+template <bool kUpdate>
+ffi::Future Radam8(ffi::ThreadPool pool, bool nesterov, int64_t block_size,
+                   ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (nesterov) return Call8<RadamLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
+  return Call8<RadamLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -213,18 +206,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam_step_lowp, optadam::RadamStepLowp,
                                   .RemainingArgs()
                                   .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam8_step_f32, optadam::RadamStep8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<bool>("nesterov")
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+#define OPTADAM_RADAM8_HANDLER(name, update)                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::Radam8<update>,          \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("nesterov")             \
+                                    .Attr<int64_t>("block_size")        \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_radam8_f32, optadam::RadamUpdate8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<bool>("nesterov")
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+// 8-bit moments (block8.h)
+OPTADAM_RADAM8_HANDLER(optadam_radam8_step_f32, false)
+OPTADAM_RADAM8_HANDLER(optadam_radam8_f32, true)

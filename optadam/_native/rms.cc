@@ -290,29 +290,21 @@ ffi::Future RmsStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, b
   return LowpStepCall<RmsLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
-// 8-bit moments (block8.h). Operands: float32 scalars (the step kernel's), per leaf (g, θ, nu
-// codes and scales, nu's seed) or, centered, (g, θ, mu codes and scales, nu codes and scales,
-// nu's seed); results per leaf (θ, then the codes and scales), in place.
-ffi::Future RmsStep8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
-                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
+// 8-bit moments (block8.h): optadam.step's (kUpdate false) or tx.update's. Operands: the step
+// kernel's or the update kernel's scalars, per leaf (g, θ (the step's), nu codes and scales,
+// nu's seed) or, centered, (g, θ, mu codes and scales, nu codes and scales, nu's seed); results
+// per leaf (θ or u, then the codes and scales), in place.
+template <bool kUpdate>
+ffi::Future Rms8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
+                 ffi::RemainingArgs args, ffi::RemainingRets rets) {
   if (centered) {
-    if (eps_in_sqrt) return Step8Call<CenteredRmsLowpFamily<true>>(pool, block_size, args, rets);
-    return Step8Call<CenteredRmsLowpFamily<false>>(pool, block_size, args, rets);
+    if (eps_in_sqrt) {
+      return Call8<CenteredRmsLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
+    }
+    return Call8<CenteredRmsLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
   }
-  if (eps_in_sqrt) return Step8Call<RmsLowpFamily<true>>(pool, block_size, args, rets);
-  return Step8Call<RmsLowpFamily<false>>(pool, block_size, args, rets);
-}
-
-// tx.update's with 8-bit moments: operands the update kernel's scalars, per leaf (g, then the
-// moments' codes and scales as the step's, nu's seed); results per leaf (u, codes and scales).
-ffi::Future RmsUpdate8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
-                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (centered) {
-    if (eps_in_sqrt) return Update8Call<CenteredRmsLowpFamily<true>>(pool, block_size, args, rets);
-    return Update8Call<CenteredRmsLowpFamily<false>>(pool, block_size, args, rets);
-  }
-  if (eps_in_sqrt) return Update8Call<RmsLowpFamily<true>>(pool, block_size, args, rets);
-  return Update8Call<RmsLowpFamily<false>>(pool, block_size, args, rets);
+  if (eps_in_sqrt) return Call8<RmsLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
+  return Call8<RmsLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
 }
 
 }  // namespace
@@ -368,20 +360,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_step_lowp, optadam::RmsStepLowp,
                                   .RemainingArgs()
                                   .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms8_step_f32, optadam::RmsStep8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<bool>("centered")
-                                  .Attr<bool>("eps_in_sqrt")
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+#define OPTADAM_RMS8_HANDLER(name, update)                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, optadam::Rms8<update>,            \
+                                xla::ffi::Ffi::Bind()                   \
+                                    .Ctx<xla::ffi::ThreadPool>()        \
+                                    .Attr<bool>("centered")             \
+                                    .Attr<bool>("eps_in_sqrt")          \
+                                    .Attr<int64_t>("block_size")        \
+                                    .RemainingArgs()                    \
+                                    .RemainingRets());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms8_f32, optadam::RmsUpdate8,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Attr<bool>("centered")
-                                  .Attr<bool>("eps_in_sqrt")
-                                  .Attr<int64_t>("block_size")
-                                  .RemainingArgs()
-                                  .RemainingRets());
+// 8-bit moments (block8.h)
+OPTADAM_RMS8_HANDLER(optadam_rms8_step_f32, false)
+OPTADAM_RMS8_HANDLER(optadam_rms8_f32, true)
