@@ -222,13 +222,14 @@ def test_nan_inf_zero_and_subnormal_gradients_as_on_the_xla_path(case: str) -> N
 
 
 @needs_kernels
-def test_8bit_and_float16_state_stay_on_the_xla_path() -> None:
+def test_float16_state_stays_on_the_xla_path_and_8bit_state_takes_its_own_kernel() -> None:
     params = {"w": jnp.ones((64, 512), F32)}
     optadam.set_native_enabled(True)
-    for tx in (
-        optadam.rmsprop(0.1, state_bits=8),  # 8-bit second moment: no update kernel
-        optadam.sgd(0.1, 0.9, accumulator_dtype=F16),  # float16 moments: not a lowp storage
+    for tx, kernel in (
+        (optadam.rmsprop(0.1, state_bits=8), "optadam_rms8_f32"),  # block8.h, not lowp.h
+        (optadam.sgd(0.1, 0.9, accumulator_dtype=F16), None),  # float16: not a lowp storage
     ):
         state = tx.init(params)
         traced = str(jax.make_jaxpr(tx.update)(params, state, params))
-        assert "optadam_" not in traced, jax.tree.map(jnp.dtype, state)
+        assert traced.count("optadam_") == (kernel is not None), jax.tree.map(jnp.dtype, state)
+        assert kernel is None or kernel in traced

@@ -123,29 +123,24 @@ LEAN = {
     "stochastic_rounding": lambda: optadam.sgd(
         0.1, momentum=0.9, accumulator_dtype=jnp.bfloat16, stochastic_rounding=True
     ),
-    "8bit_trace": lambda: optadam.sgd(0.1, momentum=0.9, nesterov=True, state_bits=8),
-}
+}  # (an 8-bit trace has 8-bit kernels of its own: tests/test_native_8bit.py)
 
 
 @needs_kernels
 @pytest.mark.parametrize("name", LEAN)
 def test_lean_trace_steps_give_the_xla_path_numbers(name: str):
     """optadam.step gives the XLA path's numbers: a bfloat16 trace in the low-precision one pass
-    (tests/test_native_lowp.py), an 8-bit one by update + apply_updates on the XLA path."""
+    (tests/test_native_lowp.py); its update through the low-precision update kernel."""
     rng = np.random.default_rng(4)
     shapes = {**SHAPES, "big": (64, 64)}  # 8-bit state: leaves under 4,096 elements stay float32
     params = random_tree(rng, jnp.float32, shapes)
     grads = [random_tree(rng, jnp.float32, shapes) for _ in range(4)]
     one, s_one, traced = trajectory(LEAN[name], True, True, params, grads, donate=True)
     two, s_two, _ = trajectory(LEAN[name], False, False, params, grads, donate=True)
-    assert STEP_KERNEL not in traced
-    assert ("optadam_momentum_step_lowp" in traced) == (name != "8bit_trace")
+    assert STEP_KERNEL not in traced and "optadam_momentum_step_lowp" in traced
     assert_same((one, s_one), (two, s_two))
     _, _, traced_update = updates_path(LEAN[name], True, params, grads[:1])
-    if name == "8bit_trace":  # the small leaves keep a float32 trace: those take the kernel
-        assert traced_update.count("ffi_call") == 1
-    else:
-        assert "optadam_momentum_lowp" in traced_update
+    assert "optadam_momentum_lowp" in traced_update
 
 
 @needs_kernels

@@ -143,8 +143,8 @@ def test_scale_by_rms_alone_takes_the_kernel_and_matches_xla():
 
 
 # (bfloat16 moments without a trace take the low-precision one pass: tests/test_native_lowp.py)
+# (8-bit state without a trace takes its 8-bit one pass: tests/test_native_8bit.py)
 FALLBACKS = {
-    "8bit": lambda: optadam.rmsprop(0.01, state_bits=8, block_size=64),
     "momentum_bfloat16_trace": lambda: optadam.rmsprop(0.01, momentum=0.9, mu_dtype=jnp.bfloat16),
     "momentum_8bit": lambda: optadam.rmsprop(0.01, momentum=0.9, state_bits=8, block_size=64),
     "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.rmsprop(0.01)),
@@ -155,7 +155,7 @@ FALLBACKS = {
 @pytest.mark.parametrize("name", FALLBACKS)
 def test_lean_state_step_takes_update_then_apply_updates(name):
     """What the one pass does not cover takes update + apply_updates (the same numbers); a
-    bfloat16 trace's update takes the low-precision kernel, 8-bit state the XLA path."""
+    bfloat16 trace's update takes the low-precision kernel, 8-bit state the 8-bit ones."""
     rng = np.random.default_rng(4)
     params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}
     grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)} for _ in range(3)]
@@ -164,8 +164,8 @@ def test_lean_state_step_takes_update_then_apply_updates(name):
     assert "optadam_rms_step" not in traced and "optadam_rms_momentum_step" not in traced
     if name == "momentum_bfloat16_trace":  # float32 ν on the rms kernel, the trace on lowp's
         assert "optadam_rms_f32" in traced and "optadam_momentum_lowp" in traced
-    elif name != "wrapped":  # 8-bit ν: the XLA path (wrapped: float32 ν on the rms kernel)
-        assert "optadam_rms" not in traced
+    elif name == "momentum_8bit":  # 8-bit ν and trace: each family's 8-bit update kernel
+        assert "optadam_rms8_f32" in traced and "optadam_momentum8_f32" in traced
     assert_same(one, two)
     assert_same(s_one, s_two)
 
