@@ -266,13 +266,21 @@ def stored_step(
     p: jax.Array,
     s: list[Any],
     minus_lr: Any,
+    then: tuple[Callable[..., Sequence[jax.Array]], Callable[..., jax.Array], list[Any]]
+    | None = None,
 ) -> list[Any]:
     """One leaf of ``update`` + ``apply_updates`` in jnp, ``[θ_t, *new states as stored]``:
     :func:`map_leaves`' update (moments rounded to nearest), then ``scale_by_learning_rate``'s
     ``(−η)·u`` and ``θ + that``, each rounded as those round it -- identities in float32 and
-    float64. The one passes' derivative rule, low-precision storage included."""
+    float64. The one passes' derivative rule, low-precision storage included.
+
+    ``then``: ``(moments, direction, states)`` of one more :func:`map_leaves` transformation
+    over the scaled update (rmsprop's momentum trace); its new states follow the others."""
     u, *stored = _leaf_update(moments, direction, g, s, None, None, 0)
     step = (u.astype(_dtypes.compute_dtype(u.dtype)) * minus_lr).astype(u.dtype)
+    if then is not None:
+        step, *more = _leaf_update(then[0], then[1], step, then[2], None, None, 0)
+        stored += more
     return [(p + step).astype(p.dtype), *stored]
 
 
@@ -304,7 +312,7 @@ _NATIVE_DTYPES = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.float64): "f64"}
 # ``optadam_<name>_step_lowp``: gradients (and params) in float32, bfloat16 or float16, moments in
 # float32 or bfloat16, math in float32 (optadam/_native/lowp.h).
 _LOWP_KERNELS = ("adam", "momentum", "rms", "adagrad", "amsgrad", "radam")
-_LOWP_STEP_KERNELS = ("adam", "momentum", "rms", "adagrad", "amsgrad", "radam")
+_LOWP_STEP_KERNELS = (*_LOWP_KERNELS, "rms_momentum")
 _LOWP_GRADIENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _LOWP_MOMENTS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
@@ -345,7 +353,12 @@ def native_leaves(
     for key, indices in groups.items():
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
         name, call_kernel, scalars = _group_call(
-            kernel, key, "", indices, _positions(g_leaves, len(s_leaves)), rounding_seed
+            kernel,
+            key,
+            "",
+            indices,
+            _positions(g_leaves, (len(s_leaves),)),
+            None if rounding_seed is None else [rounding_seed] * len(s_leaves),
         )
 
         def xla(g: Any, *s: Any) -> list[Any]:  # map_leaves' moments (nearest rounding)
@@ -376,14 +389,39 @@ def _kernel_groups(
     return groups
 
 
-def _positions(g_leaves: list[Any], moments: int) -> list[list[int]]:
-    """Each leaf's moments' first elements among all the moments' elements, as map_leaves counts
-    them for stochastic rounding (leaf by leaf, moment by moment; None gradients count none)."""
-    positions, position = [], 0
-    for g in g_leaves:
-        size = 0 if g is None else int(jnp.size(g))
-        positions.append([position + j * size for j in range(moments)])
-        position += moments * size
+class SeedGroups(NamedTuple):
+    """Stochastic rounding's seeds for a chain's states in one pass (rmsprop with a momentum
+    trace): ``seeds[j]`` (or None: rounded to nearest) seeds the next ``sizes[j]`` states, the
+    states of one transformation, whose :func:`map_leaves` counts positions among its own."""
+
+    seeds: tuple[jax.Array | None, ...]
+    sizes: tuple[int, ...]
+
+
+def _state_seeds(
+    rounding_seed: jax.Array | SeedGroups | None, states: int
+) -> tuple[list[Any] | None, tuple[int, ...]]:
+    """Each state's seed (None where no state is rounded stochastically; a None entry, that
+    state to nearest) and the sizes of the groups whose positions count together."""
+    if not isinstance(rounding_seed, SeedGroups):
+        return (None if rounding_seed is None else [rounding_seed] * states), (states,)
+    if sum(rounding_seed.sizes) != states:
+        raise ValueError(f"seeds for {sum(rounding_seed.sizes)} states, given {states}")
+    seeds = [seed for seed, size in zip(*rounding_seed, strict=True) for _ in range(size)]
+    return (None if all(x is None for x in seeds) else seeds), rounding_seed.sizes
+
+
+def _positions(g_leaves: list[Any], sizes: Sequence[int]) -> list[list[int]]:
+    """Each leaf's moments' first elements among the moments' elements, as map_leaves counts them
+    for stochastic rounding (leaf by leaf, moment by moment; None gradients count none): per
+    leaf, per state, its position among its group's (``sizes``: :class:`SeedGroups`)."""
+    positions: list[list[int]] = [[] for _ in g_leaves]
+    for moments in sizes:
+        position = 0
+        for i, g in enumerate(g_leaves):
+            size = 0 if g is None else int(jnp.size(g))
+            positions[i] += [position + j * size for j in range(moments)]
+            position += moments * size
     return positions
 
 
@@ -393,18 +431,20 @@ def _group_call(
     suffix: str,
     indices: list[int],
     positions: list[list[int]],
-    rounding_seed: jax.Array | None,
+    seeds: list[Any] | None,
 ) -> tuple[str, Kernel, jax.Array]:
-    """The target, kernel (its options) and scalars operand of one call (``suffix`` "_step")."""
+    """The target, kernel (its options) and scalars operand of one call (``suffix`` "_step");
+    ``seeds``: each state's (:func:`_state_seeds`), all given, or None."""
     if not isinstance(key, tuple):
         scalars = jnp.stack([jnp.asarray(x).astype(key) for x in kernel.scalars])
         return f"optadam_{kernel.name}{suffix}_{_NATIVE_DTYPES[key]}", kernel, scalars
     scalars = jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in kernel.scalars])
-    if rounding_seed is not None:  # array_seed of each leaf's moments, in float32 slots
-        offsets = np.array([positions[i] for i in indices], np.uint64).ravel() % 2**32
-        seeds = jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
-        scalars = jnp.concatenate([scalars, jax.lax.bitcast_convert_type(seeds, jnp.float32)])
-    options = (*kernel.options, ("stochastic", rounding_seed is not None))
+    if seeds is not None:  # array_seed of each leaf's moments, in float32 slots
+        offsets = np.array([positions[i] for i in indices], np.uint64) % 2**32
+        bases = jnp.stack([jnp.asarray(x, jnp.uint32) for x in seeds])
+        bits = (bases + offsets.astype(np.uint32)).ravel()
+        scalars = jnp.concatenate([scalars, jax.lax.bitcast_convert_type(bits, jnp.float32)])
+    options = (*kernel.options, ("stochastic", seeds is not None))
     return f"optadam_{kernel.name}{suffix}_lowp", kernel._replace(options=options), scalars
 
 
@@ -442,7 +482,7 @@ def native_step(
     grads: optax.Updates,
     params: optax.Params,
     *states: optax.Params,
-    rounding_seed: jax.Array | None = None,
+    rounding_seed: jax.Array | SeedGroups | None = None,
 ) -> tuple[Any, ...] | None:
     """``(new_params, *new_states)`` of a whole step through ``kernel`` (``optadam_<name>_step_*``)
     in one pass, params and states in place; None unless every leaf fits the kernel (the same
@@ -452,8 +492,9 @@ def native_step(
 
     ``xla(g, p, *s)`` is the same step in jnp, ``[new p, *new s]``: the derivative rule.
     Low-precision leaves (see :func:`native_leaves`) need the params in the gradients' dtype;
-    ``rounding_seed`` rounds bfloat16 moments stochastically, as ``update`` would. 8-bit state
-    takes :func:`native_step_8bit`.
+    ``rounding_seed`` rounds bfloat16 moments stochastically, as ``update`` would (a
+    :class:`SeedGroups` for a chain's states; one that leaves some states to nearest rounding
+    keeps low-precision leaves on the XLA path). 8-bit state takes :func:`native_step_8bit`.
     """
     if not _native.enabled() or jax.default_backend() != "cpu":
         return None
@@ -479,15 +520,15 @@ def native_step(
     groups = _kernel_groups(
         kernel, [g_leaves[i] for i in rest], [[s[i] for i in rest] for s in s_leaves], step=True
     )
-    if not groups:
+    seeds, sizes = _state_seeds(rounding_seed, len(states))
+    mixed = seeds is not None and None in seeds  # one call rounds all its moments alike
+    if not groups or (mixed and any(isinstance(key, tuple) for key in groups)):
         return None
-    positions = _positions(g_leaves, len(states))
+    positions = _positions(g_leaves, sizes)
     for key, members in groups.items():
         indices = [rest[m] for m in members]
         leaves = [[jnp.asarray(g_leaves[i]), *(s[i] for s in s_leaves)] for i in indices]
-        name, call_kernel, scalars = _group_call(
-            kernel, key, "_step", indices, positions, rounding_seed
-        )
+        name, call_kernel, scalars = _group_call(kernel, key, "_step", indices, positions, seeds)
         in_place = {k: k - 1 for k in range(1, len(leaves[0]))}  # params and states
         outs = _kernel_call(name, call_kernel, xla, scalars, leaves, in_place, len(in_place))
         done.update(zip(indices, outs, strict=True))
@@ -505,6 +546,8 @@ _8BIT_FORMATS: dict[tuple[str, int], tuple[int, ...]] = {
     ("momentum", 1): (1,),
     ("rms", 1): (2,),
     ("rms", 2): (1, 2),
+    ("rms_momentum", 2): (2, 1),  # optadam.step only: rmsprop(momentum=β)'s ν, then the trace
+    ("rms_momentum", 3): (1, 2, 1),
 }
 
 
@@ -524,7 +567,7 @@ def _native_8bit_updates(
     writes the update: the direction needs the moments before quantization, which XLA cannot
     rebuild from the codes. Empty where the kernels are off or do not apply (the XLA path)."""
     formats = None if kernel is None else _8BIT_FORMATS.get((kernel.name, len(s_leaves)))
-    if kernel is None or formats is None or (rounding_seed is None and 2 in formats):
+    if kernel is None or formats is None:
         return {}
     if not _native.enabled() or jax.default_backend() != "cpu":
         return {}
@@ -543,13 +586,16 @@ def _native_8bit_updates(
 
     done: dict[int, list[Any]] = {}
     for indices in by_block.values():
+        seeds_8bit = _8bit_seeds(rounding_seed, g_leaves, indices, formats)
+        if seeds_8bit is None:  # a second-format moment with no seed: the XLA path
+            return {}
         outs = _call_8bit(
             f"optadam_{kernel.name}8_f32",
             kernel,
             update,
             [[jnp.asarray(g_leaves[i])] for i in indices],
             [[s[i] for s in s_leaves] for i in indices],
-            _8bit_seeds(rounding_seed, g_leaves, indices, formats),
+            seeds_8bit,
             head_in_place=False,
         )
         done.update(zip(indices, outs, strict=True))
@@ -557,22 +603,26 @@ def _native_8bit_updates(
 
 
 def _8bit_seeds(
-    rounding_seed: jax.Array | None,
+    rounding_seed: jax.Array | SeedGroups | None,
     g_leaves: list[Any],
     indices: list[int],
     formats: tuple[int, ...],
-) -> jax.Array:
+) -> jax.Array | None:
     """Per listed leaf, the array_seed of each moment in the second-moment format (``formats``:
-    each moment's ``QuantizedArray.moment``), shape (leaves, such moments): ``rounding_seed``
-    plus the moment's position among all the moments' elements, as :func:`map_leaves` counts
-    them."""
+    each moment's ``QuantizedArray.moment``), shape (leaves, such moments): its seed plus the
+    moment's position among its transformation's moments' elements, as :func:`map_leaves`
+    counts them (:func:`_state_seeds`). None if such a moment has no seed."""
     roots = [k for k, moment in enumerate(formats) if moment == 2]
     if not roots:  # no stochastic rounding, no seed (which may be None)
         return jnp.zeros((len(indices), 0), jnp.uint32)
-    positions = _positions(g_leaves, len(formats))
+    seeds, sizes = _state_seeds(rounding_seed, len(formats))
+    if seeds is None or any(seeds[k] is None for k in roots):
+        return None
+    positions = _positions(g_leaves, sizes)
     offsets = np.array([[positions[i][k] for k in roots] for i in indices], np.uint64) % 2**32
     offsets = offsets.reshape(len(indices), len(roots))
-    return jnp.asarray(rounding_seed, jnp.uint32) + offsets.astype(np.uint32)
+    bases = jnp.stack([jnp.asarray(seeds[k], jnp.uint32) for k in roots])
+    return bases + offsets.astype(np.uint32)
 
 
 def _call_8bit(
@@ -642,7 +692,7 @@ def native_step_8bit(
     grads: optax.Updates,
     params: optax.Params,
     *states: optax.Params,
-    rounding_seed: jax.Array | None,
+    rounding_seed: jax.Array | SeedGroups | None,
 ) -> tuple[Any, ...] | None:
     """:func:`native_step` for 8-bit state (``state_bits=8``): ``(new_params, *new_states)``.
 
@@ -668,10 +718,8 @@ def native_step_8bit(
     except ValueError:
         return None
     every = (*jax.tree.leaves((g_leaves, p_leaves, s_leaves)), *kernel.scalars)
-    seeds = () if rounding_seed is None else (rounding_seed,)
-    if not all(_kernel_traceable(x) for x in (*every, *seeds)):
-        return None
-    if rounding_seed is None and 2 in formats:
+    seeds = _state_seeds(rounding_seed, len(states))[0] or []
+    if not all(_kernel_traceable(x) for x in (*every, *(x for x in seeds if x is not None))):
         return None
     quantized: list[int] = []
     plain: list[int] = []
@@ -687,6 +735,9 @@ def native_step_8bit(
     block_sizes = {s_leaves[0][i].block_size for i in quantized}
     if not quantized or len(block_sizes) != 1:
         return None
+    seeds_8bit = _8bit_seeds(rounding_seed, g_leaves, quantized, formats)
+    if seeds_8bit is None:
+        return None
     done: dict[int, Sequence[Any]] = {}
     if plain:
         pick = [[leaves[i] for i in plain] for leaves in (g_leaves, p_leaves, *s_leaves)]
@@ -700,7 +751,7 @@ def native_step_8bit(
         xla,
         [[jnp.asarray(g_leaves[i]), p_leaves[i]] for i in quantized],
         [[s[i] for s in s_leaves] for i in quantized],
-        _8bit_seeds(rounding_seed, g_leaves, quantized, formats),
+        seeds_8bit,
         head_in_place=True,
     )
     done.update(zip(quantized, outs, strict=True))

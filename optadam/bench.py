@@ -148,6 +148,10 @@ BF16_STATE: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] = 
     "adagrad": (lambda: optadam.adagrad(1e-3, nu_dtype=BF16), 16),
     "amsgrad": (lambda: optadam.amsgrad(1e-3, mu_dtype=BF16, nu_dtype=BF16), 24),
     "radam": (lambda: optadam.radam(1e-3, mu_dtype=BF16, nu_dtype=BF16), 20),
+    "rmsprop_momentum": (
+        lambda: optadam.rmsprop(1e-3, momentum=0.9, mu_dtype=BF16, nu_dtype=BF16),
+        20,
+    ),
 }
 
 
@@ -170,6 +174,7 @@ EIGHT_BIT_STATE: dict[str, tuple[Callable[[], optax.GradientTransformation], int
     "rmsprop_centered": (lambda: optadam.rmsprop(1e-3, centered=True, state_bits=8), 16),
     "amsgrad": (lambda: optadam.amsgrad(1e-3, state_bits=8), 18),
     "radam": (lambda: optadam.radam(1e-3, state_bits=8), 16),
+    "rmsprop_momentum": (lambda: optadam.rmsprop(1e-3, momentum=0.9, state_bits=8), 16),
 }
 OPTIMIZERS["8bit_state"] = {}
 for _family, (_make, _bytes) in EIGHT_BIT_STATE.items():

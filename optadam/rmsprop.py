@@ -26,6 +26,7 @@ import optax
 from optadam import _checks, _dtypes, _quantize, clipping
 from optadam._leafwise import (
     Kernel,
+    SeedGroups,
     abs_sq,
     low_precision,
     map_leaves,
@@ -36,7 +37,12 @@ from optadam._leafwise import (
     zero_count,
 )
 from optadam._learning_rate import scale_by_learning_rate
-from optadam.momentum import ScaleByMomentumState, scale_by_momentum
+from optadam.momentum import (
+    ScaleByMomentumState,
+    momentum_direction,
+    momentum_moments,
+    scale_by_momentum,
+)
 
 
 class ScaleByRmsState(NamedTuple):
@@ -299,9 +305,9 @@ def _rms_one_pass(
 ) -> Any:
     """``optadam.step``'s one pass for ``chain(scale_by_rms, scale_by_learning_rate, trace)``,
     the trace ``identity`` or ``scale_by_momentum``: the native step kernel (``rms_step``, or
-    ``rms_momentum_step`` with a trace) with the chain's scalars, each state advanced as its
-    transformation advances it; None (so ``update`` + ``apply_updates``) where it does not apply
-    -- e.g. 8-bit state, a bfloat16 state with a trace, kernels off
+    ``rms_momentum_step`` with a trace; their ``_lowp`` and 8-bit variants for stored state)
+    with the chain's scalars, each state advanced as its transformation advances it; None (so
+    ``update`` + ``apply_updates``) where it does not apply -- e.g. kernels off, GPU
     (``optadam._leafwise.native_step``). A ``clip``
     (``optadam.chain(optadam.clip_by_global_norm(c), ...)``) clips each g_t first; with
     bfloat16/float16 params it takes the two calls. ``seeded``: bfloat16 moments are rounded
@@ -336,23 +342,23 @@ def _rms_one_pass(
         def xla(g: Any, p: Any, *moments: Any) -> list[Any]:  # update + apply_updates, one leaf
             if clip is not None:
                 g = clipping.clip_leaf(g, clip)
+            leaf_moments, leaf_direction = rms_leaf(decay, eps, c, centered, eps_in_sqrt)
             if momentum is None:
-                leaf_moments, leaf_direction = rms_leaf(decay, eps, c, centered, eps_in_sqrt)
                 return stored_step(leaf_moments, leaf_direction, g, p, list(moments), minus_lr)
-            # with a trace: float32 and float64 only (rms_momentum has no low-precision kernel)
-            nu = rms_nu(g, moments[1 if centered else 0], decay)
-            mu = rms_mu(g, moments[0], decay) if centered else None
-            u = rms_direction(g, mu, nu, c, eps, eps_in_sqrt)
-            new = [nu] if mu is None else [mu, nu]
-            v = u * minus_lr  # scale_by_learning_rate, then scale_by_momentum's trace over it
-            trace = v + momentum * moments[-1]
-            step = v + momentum * trace if nesterov else trace
-            return [(p + step).astype(p.dtype), *new, trace]
+            # scale_by_momentum's trace over the scaled update, as the chain runs it
+            trace = (momentum_moments(momentum), momentum_direction(momentum, nesterov))
+            rms, then = list(moments[:-1]), (*trace, [moments[-1]])
+            return stored_step(leaf_moments, leaf_direction, g, p, rms, minus_lr, then=then)
 
         moments = (rms_state.nu,) if not centered else (rms_state.mu, rms_state.nu)
-        if momentum is not None:
+        rounding: Any = _quantize.rounding_seed(t, "rms") if t is not None and seeded else None
+        if momentum is not None:  # the trace's count and bits, as scale_by_momentum's update's
             moments = (*moments, trace_state.trace)
-        rounding = _quantize.rounding_seed(t, "rms") if t is not None and seeded else None
+            t_trace = None if trace_state.count is None else safe_increment(trace_state.count)
+            trace_rounding = (
+                None if t_trace is None else _quantize.rounding_seed(t_trace, "momentum")
+            )
+            rounding = SeedGroups((rounding, trace_rounding), (len(moments) - 1, 1))
         done = native_step(kernel, xla, grads, params, *moments, rounding_seed=rounding)
         if done is None:
             return None
@@ -360,10 +366,7 @@ def _rms_one_pass(
         mu, nu = (None, new[0]) if not centered else (new[0], new[1])
         new_rms = ScaleByRmsState(count=t, mu=mu, nu=nu)
         if momentum is not None:
-            count = trace_state.count
-            trace_state = ScaleByMomentumState(
-                trace=new[-1], count=None if count is None else safe_increment(count)
-            )
+            trace_state = ScaleByMomentumState(trace=new[-1], count=t_trace)
         return new_params, (new_rms, lr_state, trace_state)
 
     return one_pass

@@ -67,11 +67,7 @@ TWO_CALLS = {
         optadam.clip_by_global_norm(1.0),
         optadam.adamw(0.1, mask=lambda p: {k: k != "w" for k in p}),
     ),
-    # (8-bit state after a clip takes its one pass: tests/test_native_8bit.py; RMSProp's with a
-    # trace has no 8-bit kernel)
-    "8bit_rmsprop_momentum": lambda: optadam.chain(
-        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1, momentum=0.9, state_bits=8)
-    ),
+    # (8-bit state after a clip takes its one pass: tests/test_native_8bit.py)
 }
 
 

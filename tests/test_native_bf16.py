@@ -94,9 +94,9 @@ def assert_bitwise(a: Any, b: Any) -> None:
     np.testing.assert_array_equal(bits(a)[~nan_a], bits(b)[~nan_b])
 
 
-def assert_close_in_ulps(a: Any, b: Any, n: int, floor: float = 0.0) -> None:
+def assert_close_in_ulps(a: Any, b: Any, n: int, floor: float = 0.0, slack: float = 0.0) -> None:
     """``a`` within ``n`` ulp of its dtype at ``b``'s largest magnitude, or at ``floor`` if
-    larger (same NaN and inf)."""
+    larger, plus ``slack`` (same NaN and inf)."""
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
@@ -105,7 +105,8 @@ def assert_close_in_ulps(a: Any, b: Any, n: int, floor: float = 0.0) -> None:
     np.testing.assert_array_equal(a32[~finite & ~np.isnan(b32)], b32[~finite & ~np.isnan(b32)])
     scale = np.max(np.abs(b32[finite]), initial=floor).astype(a.dtype)
     ulp = float(np.spacing(scale)) if a.dtype != ml_dtypes.bfloat16 else float(scale) * 2.0**-7
-    np.testing.assert_allclose(a32[finite], b32[finite], rtol=0, atol=n * max(ulp, 1e-30))
+    atol = n * max(ulp, 1e-30) + slack
+    np.testing.assert_allclose(a32[finite], b32[finite], rtol=0, atol=atol)
 
 
 def ulps_for(dtype: Any) -> int:

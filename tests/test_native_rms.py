@@ -142,32 +142,51 @@ def test_scale_by_rms_alone_takes_the_kernel_and_matches_xla():
     assert_same(outs[True], outs[False])
 
 
-# (bfloat16 moments without a trace take the low-precision one pass: tests/test_native_lowp.py)
-# (8-bit state without a trace takes its 8-bit one pass: tests/test_native_8bit.py)
-FALLBACKS = {
-    "momentum_bfloat16_trace": lambda: optadam.rmsprop(0.01, momentum=0.9, mu_dtype=jnp.bfloat16),
-    "momentum_8bit": lambda: optadam.rmsprop(0.01, momentum=0.9, state_bits=8, block_size=64),
-    "wrapped": lambda: optax.chain(optax.clip(1.0), optadam.rmsprop(0.01)),
+@needs_kernels
+def test_a_wrapped_rmsprop_step_takes_update_then_apply_updates():
+    """What the one pass does not cover (here a chain it cannot see into) takes update +
+    apply_updates: the same numbers."""
+    rng = np.random.default_rng(4)
+    params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)} for _ in range(3)]
+
+    def make():
+        return optax.chain(optax.clip(1.0), optadam.rmsprop(0.01))
+
+    one, s_one, traced = trajectory(make, True, True, params, grads)
+    two, s_two, _ = trajectory(make, True, False, params, grads)
+    assert "optadam_rms_step" not in traced and "optadam_rms_f32" in traced
+    assert_same(one, two)
+    assert_same(s_one, s_two)
+
+
+# rmsprop(momentum=β) with a lean trace: tx.update's kernels (ν's, then the trace's), and the one
+# pass's; their numbers against the XLA path: tests/test_native_lowp.py, tests/test_native_8bit.py
+LEAN_TRACES = {
+    "bfloat16_trace": (
+        lambda: optadam.rmsprop(0.01, momentum=0.9, mu_dtype=jnp.bfloat16),
+        ("optadam_rms_f32", "optadam_momentum_lowp"),
+        "optadam_rms_momentum_step_lowp",
+    ),
+    "8bit": (
+        lambda: optadam.rmsprop(0.01, momentum=0.9, state_bits=8, block_size=64),
+        ("optadam_rms8_f32", "optadam_momentum8_f32"),
+        "optadam_rms_momentum8_step_f32",
+    ),
 }
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", FALLBACKS)
-def test_lean_state_step_takes_update_then_apply_updates(name):
-    """What the one pass does not cover takes update + apply_updates (the same numbers); a
-    bfloat16 trace's update takes the low-precision kernel, 8-bit state the 8-bit ones."""
+@pytest.mark.parametrize("name", LEAN_TRACES)
+def test_a_lean_trace_takes_each_transformations_kernel_and_its_own_one_pass(name):
+    make, update_kernels, step_kernel = LEAN_TRACES[name]
     rng = np.random.default_rng(4)
     params = {"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}
-    grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)} for _ in range(3)]
-    one, s_one, traced = trajectory(FALLBACKS[name], True, True, params, grads)
-    two, s_two, _ = trajectory(FALLBACKS[name], True, False, params, grads)
-    assert "optadam_rms_step" not in traced and "optadam_rms_momentum_step" not in traced
-    if name == "momentum_bfloat16_trace":  # float32 ν on the rms kernel, the trace on lowp's
-        assert "optadam_rms_f32" in traced and "optadam_momentum_lowp" in traced
-    elif name == "momentum_8bit":  # 8-bit ν and trace: each family's 8-bit update kernel
-        assert "optadam_rms8_f32" in traced and "optadam_momentum8_f32" in traced
-    assert_same(one, two)
-    assert_same(s_one, s_two)
+    grads = [{"w": jnp.asarray(rng.normal(size=(80, 80)), jnp.float32)}]
+    _, _, traced_update = trajectory(make, True, False, params, grads)
+    _, _, traced_step = trajectory(make, True, True, params, grads)
+    assert all(kernel in traced_update for kernel in update_kernels)
+    assert step_kernel in traced_step and traced_step.count("ffi_call") == 1
 
 
 def test_kernels_off_step_is_update_then_apply_updates():

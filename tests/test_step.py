@@ -57,15 +57,10 @@ TWO_CALLS = {
     "sgd_without_momentum": lambda: optadam.sgd(0.1),
     "adam_injected": lambda: optadam.inject_hyperparams(optadam.adam)(0.1),
     "adam_float16_moments": lambda: optadam.adam(0.1, mu_dtype=jnp.float16),
-    # 8-bit state, clipped or not, takes a one pass of its own (tests/test_native_8bit.py) but in
-    # RMSProp with a trace (a second transformation's state)
-    "rmsprop_momentum_8bit": lambda: optadam.rmsprop(0.1, momentum=0.9, state_bits=8),
+    # (8-bit state, clipped or not, takes a one pass of its own: tests/test_native_8bit.py)
     "adam_wrapped": lambda: optax.chain(optax.clip(1.0), optadam.adam(0.1)),
     "adam_optax_chain_clipped": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optadam.adam(0.1)
-    ),
-    "rmsprop_momentum_clipped_8bit": lambda: optadam.chain(
-        optadam.clip_by_global_norm(1.0), optadam.rmsprop(0.1, momentum=0.9, state_bits=8)
     ),
 }
 

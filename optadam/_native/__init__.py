@@ -71,6 +71,7 @@ TARGETS += ("optadam_radam_step_f32", "optadam_radam_step_f64")
 TARGETS += ("optadam_adam8_step_f32", "optadam_adam8_f32")
 TARGETS += ("optadam_momentum8_step_f32", "optadam_rms8_step_f32")
 TARGETS += ("optadam_amsgrad8_step_f32", "optadam_radam8_step_f32")
+TARGETS += ("optadam_rms_momentum8_step_f32",)
 TARGETS += (
     "optadam_momentum8_f32",
     "optadam_rms8_f32",
@@ -83,6 +84,7 @@ TARGETS += ("optadam_momentum_lowp", "optadam_rms_lowp", "optadam_adagrad_lowp")
 TARGETS += ("optadam_amsgrad_lowp", "optadam_radam_lowp")
 TARGETS += ("optadam_momentum_step_lowp", "optadam_rms_step_lowp", "optadam_adagrad_step_lowp")
 TARGETS += ("optadam_amsgrad_step_lowp", "optadam_radam_step_lowp")
+TARGETS += ("optadam_rms_momentum_step_lowp",)
 
 
 class NativeStatus(NamedTuple):

@@ -184,10 +184,6 @@ inline void CopyUnlessAliased(const T* in, T* out, size_t at, size_t len) {
 
 // --- one leaf -------------------------------------------------------------------------------
 
-// A moment's 8-bit format (_quantize.quantize's `moment`): kSigned stores m / max_b |m| to the
-// nearest signed code; kRoot stores √v / max_b √v (v >= 0) in unsigned codes, stochastically.
-enum Format8 : int { kSigned = 1, kRoot = 2 };
-
 // One leaf's buffers, K moments in 8-bit codes. Results share their operands' buffers when XLA
 // aliases them (the state donated); otherwise each block is copied over first (CopyUnlessAliased)
 // and updated there.
@@ -218,9 +214,9 @@ ffi::ErrorOr<T*> Data(ffi::AnyBuffer buffer, ffi::DataType dtype, size_t count) 
 // The operands of one leaf: g, θ (not in tx.update's), each moment's codes and scales, then the
 // seed of each kRoot moment in order; its results: θ (or u), each moment's codes and scales.
 template <size_t K>
-constexpr size_t Ins8(const Format8 (&formats)[K], bool update) {
+constexpr size_t Ins8(const Format8* formats, bool update) {
   size_t seeds = 0;
-  for (Format8 f : formats) seeds += f == kRoot;
+  for (size_t k = 0; k < K; ++k) seeds += formats[k] == kRoot;
   return (update ? 1 : 2) + 2 * K + seeds;
 }
 
@@ -228,8 +224,8 @@ constexpr size_t Ins8(const Format8 (&formats)[K], bool update) {
 // _quantize._layout takes it: the fewest last dimensions whose product reaches a block.
 template <size_t K>
 ffi::Error GetLeaf8(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, size_t leaf,
-                    size_t block_size, const Format8 (&formats)[K], bool update, Leaf8<K>& out) {
-  const size_t ins = Ins8(formats, update), outs = 1 + 2 * K, lead = update ? 1 : 2;
+                    size_t block_size, const Format8* formats, bool update, Leaf8<K>& out) {
+  const size_t ins = Ins8<K>(formats, update), outs = 1 + 2 * K, lead = update ? 1 : 2;
   std::vector<ffi::AnyBuffer> in, result;
   for (size_t k = 0; k < ins; ++k) {
     auto buffer = args.get<ffi::AnyBuffer>(1 + leaf * ins + k);
@@ -282,9 +278,9 @@ ffi::Error GetLeaf8(const ffi::RemainingArgs& args, const ffi::RemainingRets& re
 // Every leaf of a call (`update`: tx.update's), after checking the operand count and block size.
 template <size_t K>
 ffi::Error GetLeaves8(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
-                      int64_t block_size, const Format8 (&formats)[K], bool update,
+                      int64_t block_size, const Format8* formats, bool update,
                       std::vector<Leaf8<K>>& leaves) {
-  const size_t ins = Ins8(formats, update), outs = 1 + 2 * K;
+  const size_t ins = Ins8<K>(formats, update), outs = 1 + 2 * K;
   if (block_size < 1 || (args.size() - 1) % ins != 0 ||
       (args.size() - 1) / ins * outs != rets.size()) {
     return ffi::Error::InvalidArgument("optadam 8-bit kernel: operand count or block size");
@@ -363,7 +359,7 @@ inline float ToEncode(float m) {
 // rolled and kept GCC from vectorizing the element loop). kUpdate: tx.update's, u_t written to
 // `theta` (the update buffer), no clip or learning rate.
 template <typename Family, bool kClip, bool kUpdate, size_t... k>
-inline void Step8Elements(const LowpStepScalars<typename Family::Scalars>& s,
+inline void Step8Elements(const StepScalarsOf<Family>& s,
                           const float* __restrict g, float* __restrict theta,
                           const uint8_t* const* codes, const float* scale, size_t len,
                           size_t block_size, float* __restrict scratch, std::index_sequence<k...>) {
@@ -374,7 +370,13 @@ inline void Step8Elements(const LowpStepScalars<typename Family::Scalars>& s,
     const float g_t = Clipped<float, kClip>(s.clip, g[i]);  // g_t, or (g_t / ‖g‖) · c
     Family::template Moments<Float32Storage, Float32<k>...>(s.family, g_t, m);
     const float u = Family::Direction(s.family, g_t, m);
-    theta[i] = kUpdate ? u : MulAdd(u, s.minus_lr, theta[i]);
+    if constexpr (IsTraced<Family>::value) {  // the trace over v_t = (−η)·u_t, then θ + the step
+      const float v = u * s.minus_lr;
+      m[K - 1] = MulAdd(s.beta, m[K - 1], v);  // trace_t = v_t + β · trace_{t-1}
+      theta[i] += Family::kTraceNesterov ? MulAdd(s.beta, m[K - 1], v) : m[K - 1];
+    } else {
+      theta[i] = kUpdate ? u : MulAdd(u, s.minus_lr, theta[i]);
+    }
     ((scratch[k * block_size + i] = ToEncode<Family::kFormats[k]>(m[k])), ...);
   }
 }
@@ -387,7 +389,7 @@ inline void Step8Elements(const LowpStepScalars<typename Family::Scalars>& s,
 // block_size-long rows of the new moments between the passes. kUpdate: tx.update's (u_t in
 // θ's place).
 template <typename Family, bool kClip, bool kUpdate>
-void Step8Block(const LowpStepScalars<typename Family::Scalars>& s,
+void Step8Block(const StepScalarsOf<Family>& s,
                 const Leaf8<Family::kMoments>& leaf, size_t start, size_t len, size_t block,
                 size_t block_size, float* __restrict scratch) {
   constexpr size_t K = Family::kMoments;
@@ -406,7 +408,7 @@ void Step8Block(const LowpStepScalars<typename Family::Scalars>& s,
 }
 
 template <typename Family, bool kClip, bool kUpdate = false>
-void Step8Range(const LowpStepScalars<typename Family::Scalars>& s, size_t block_size,
+void Step8Range(const StepScalarsOf<Family>& s, size_t block_size,
                 const Leaf8<Family::kMoments>& leaf, size_t begin, size_t end) {
   std::vector<float> scratch(Family::kMoments * block_size);
   ForBlocks(block_size, leaf, begin, end, [&](size_t start, size_t len, size_t block) {
@@ -429,7 +431,7 @@ template <typename Family, bool kUpdate>
 ffi::Future Call8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs args,
                   ffi::RemainingRets rets) {
   constexpr size_t K = Family::kMoments;
-  using Scalars = LowpStepScalars<typename Family::Scalars>;
+  using Scalars = StepScalarsOf<Family>;
   Scalars s{};  // tx.update's: no clip (clip = 0) or learning rate
   auto packed = GetScalars<float>(
       args, (kUpdate ? sizeof(s.family) : sizeof(Scalars)) / sizeof(float));
@@ -440,7 +442,7 @@ ffi::Future Call8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs a
     std::memcpy(&s, *packed, sizeof(s));
   }
   std::vector<Leaf8<K>> leaves;
-  if (ffi::Error error = GetLeaves8(args, rets, block_size, Family::kFormats, kUpdate, leaves);
+  if (ffi::Error error = GetLeaves8(args, rets, block_size, std::data(Family::kFormats), kUpdate, leaves);
       error.failure()) {
     return Done(error);
   }

@@ -9,6 +9,7 @@
 // NaN stays NaN.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <tuple>
 #include <type_traits>
@@ -98,6 +99,11 @@ struct Float16Storage {
     return static_cast<uint16_t>(sign | out);
   }
 };
+
+// A moment's 8-bit format (_quantize.quantize's `moment`, state_bits=8, block8.h), given by each
+// family's kFormats: kSigned stores m / max_b |m| to the nearest signed code; kRoot stores
+// √v / max_b √v (v >= 0) in unsigned codes, stochastically.
+enum Format8 : int { kSigned = 1, kRoot = 2 };
 
 // One leaf of a low-precision call: untyped buffers (their dtypes checked against the call's
 // storage types) and, with stochastic rounding, the seeds of its moments.
@@ -275,6 +281,60 @@ struct LowpStepScalars {
   float minus_lr;
 };
 
+// The same followed by β, a momentum trace's decay (Traced).
+template <typename Scalars>
+struct TracedStepScalars {
+  ClipScalars<float> clip;
+  Scalars family;
+  float minus_lr;
+  float beta;
+};
+
+// A family followed by a momentum trace over its scaled update: rmsprop(momentum=β) is
+// chain(scale_by_rms, scale_by_learning_rate, scale_by_momentum). Its moments are the base
+// family's, then the trace (last). Moments and Direction are the base's: the trace advances only
+// once the step's direction is known (TracedApplied in the one pass).
+template <typename Base, bool kNesterov>
+struct Traced {
+  using Scalars = typename Base::Scalars;
+  static constexpr size_t kMoments = Base::kMoments + 1;
+  static constexpr bool kTraceNesterov = kNesterov;
+  static constexpr std::array<Format8, kMoments> kFormats = [] {  // state_bits=8 (block8.h)
+    std::array<Format8, kMoments> formats{};
+    for (size_t k = 0; k < Base::kMoments; ++k) formats[k] = Base::kFormats[k];
+    formats[Base::kMoments] = kSigned;  // the trace, signed as scale_by_momentum stores it
+    return formats;
+  }();
+  template <typename G, typename... Ms>  // Ms: the base's storages, then the trace's
+  static void Moments(const Scalars& s, float g, float* m) {
+    BaseMoments<G, std::tuple<Ms...>>(s, g, m, std::make_index_sequence<Base::kMoments>{});
+  }
+  static float Direction(const Scalars& s, float g, const float* m) {
+    return Base::Direction(s, g, m);
+  }
+
+ private:
+  template <typename G, typename Storages, size_t... k>
+  static void BaseMoments(const Scalars& s, float g, float* m, std::index_sequence<k...>) {
+    Base::template Moments<G, std::tuple_element_t<k, Storages>...>(s, g, m);
+  }
+};
+
+template <typename Family, typename = void>
+struct IsTraced : std::false_type {};
+template <typename Family>
+struct IsTraced<Family, std::void_t<decltype(Family::kTraceNesterov)>> : std::true_type {};
+
+// The moments a family's Moments advances: all of them, or (Traced) all but the trace.
+template <typename Family>
+constexpr size_t kAdvanced = Family::kMoments - IsTraced<Family>::value;
+
+// A family's one-pass scalars (LowpStepScalars, or TracedStepScalars).
+template <typename Family>
+using StepScalarsOf =
+    std::conditional_t<IsTraced<Family>::value, TracedStepScalars<typename Family::Scalars>,
+                       LowpStepScalars<typename Family::Scalars>>;
+
 // θ_t from θ_{t-1} and u_t, rounded as update + apply_updates round them. float32 params: one FMA,
 // θ + u_t·(−η), as XLA:CPU contracts the fused loop. bfloat16/float16 params: u_t rounded to their
 // dtype (the update's), then (−η)·u_t (scale_by_learning_rate, in float32, rounded once), then
@@ -289,15 +349,34 @@ inline typename G::Stored Applied(float u, float minus_lr, typename G::Stored th
   }
 }
 
+// θ_t through a momentum trace (Traced), rounded as the chain and apply_updates round it:
+// v_t = (−η)·u_t (scale_by_learning_rate: u_t in the update's dtype, the product rounded to it),
+// trace_t = v_t + β · trace_{t-1} stored (one FMA, as momentum.cc's), the step trace_t or (Nesterov)
+// v_t + β · trace_t from the trace as stored, in the update's dtype, then θ + that (a plain add).
+// float32 params: every rounding but the trace's is exact, as in rms.cc's float32 kernel.
+template <typename G, typename T, bool kNesterov>
+inline typename G::Stored TracedApplied(float u, float minus_lr, float beta,
+                                        typename T::Stored& trace, uint32_t seed,
+                                        typename G::Stored theta) {
+  const float v = G::Lift(G::Round(G::Lift(G::Round(u, 0)) * minus_lr, 0));  // v_t = (−η)·u_t
+  trace = T::Round(MulAdd(beta, T::Lift(trace), v), seed);   // trace_t = v_t + β · trace_{t-1}
+  const float stored = T::Lift(trace);
+  const float step = kNesterov ? MulAdd(beta, stored, v) : stored;
+  return G::Round(G::Lift(theta) + G::Lift(G::Round(step, 0)), 0);  // θ_{t-1} + step
+}
+
 // Elements [begin, end) of one leaf of a whole step with stored moments: g_t lifted (and, with
 // kClip, clipped: float32 params only, the Python falls back otherwise), the moments lifted,
 // advanced and each rounded once to its storage, in place; then `Family::Direction(scalars, g_t,
-// m)` from the moments as stored (as map_leaves reads them), then θ in place (Applied). The clip
-// is a template switch: chosen per element by a select (as Adam's MixedStepRange does), it kept
-// GCC from vectorizing these loops (the division sunk into a branch) and the step ran 4-7x slower.
+// m)` from the moments as stored (as map_leaves reads them), then θ in place (Applied, or for a
+// Traced family TracedApplied, which also advances the trace). The clip is a template switch:
+// chosen per element by a select (as Adam's MixedStepRange does), it kept GCC from vectorizing
+// these loops (the division sunk into a branch) and the step ran 4-7x slower.
 template <typename Family, typename G, bool kClip, typename... Ms, size_t... k>
-void LowpStepRange(LowpStepScalars<typename Family::Scalars> s, const MixedLeaf& b, size_t begin,
-                   size_t end, std::index_sequence<k...>) {
+void LowpStepRange(StepScalarsOf<Family> s, const MixedLeaf& b, size_t begin, size_t end,
+                   std::index_sequence<k...>) {
+  using Storages = std::tuple<Ms...>;
+  constexpr size_t kTrace = sizeof...(Ms) - 1;  // the trace's index, for a Traced family
   const auto* __restrict g = static_cast<const typename G::Stored*>(b.in[0]);
   auto* __restrict theta = static_cast<typename G::Stored*>(b.out[0]);
   std::tuple<typename Ms::Stored*...> m{static_cast<typename Ms::Stored*>(b.out[1 + k])...};
@@ -305,15 +384,28 @@ void LowpStepRange(LowpStepScalars<typename Family::Scalars> s, const MixedLeaf&
     float g_t = Clipped<float, kClip>(s.clip, G::Lift(g[i]));  // g_t, or (g_t / ‖g‖) · c
     float v[sizeof...(Ms)] = {Ms::Lift(std::get<k>(m)[i])...};
     Family::template Moments<G, Ms...>(s.family, g_t, v);
-    ((std::get<k>(m)[i] = Ms::Round(v[k], b.seed[k] + static_cast<uint32_t>(i))), ...);
-    ((v[k] = Ms::Lift(std::get<k>(m)[i])), ...);  // as stored
-    theta[i] = Applied<G>(Family::Direction(s.family, g_t, v), s.minus_lr, theta[i]);
+    auto store = [&](auto moment) {  // the advanced moments (not a trace), rounded and reread
+      constexpr size_t j = decltype(moment)::value;
+      if constexpr (j < kAdvanced<Family>) {
+        using M = std::tuple_element_t<j, Storages>;
+        std::get<j>(m)[i] = M::Round(v[j], b.seed[j] + static_cast<uint32_t>(i));
+        v[j] = M::Lift(std::get<j>(m)[i]);  // as stored
+      }
+    };
+    (store(std::integral_constant<size_t, k>{}), ...);
+    const float u = Family::Direction(s.family, g_t, v);
+    if constexpr (IsTraced<Family>::value) {
+      theta[i] = TracedApplied<G, std::tuple_element_t<kTrace, Storages>, Family::kTraceNesterov>(
+          u, s.minus_lr, s.beta, std::get<kTrace>(m)[i],
+          b.seed[kTrace] + static_cast<uint32_t>(i), theta[i]);
+    } else {
+      theta[i] = Applied<G>(u, s.minus_lr, theta[i]);
+    }
   }
 }
 
 template <typename Family, typename G, bool kClip, typename... Ms>
-void LowpStep(LowpStepScalars<typename Family::Scalars> s, const MixedLeaf& b, size_t begin,
-              size_t end) {
+void LowpStep(StepScalarsOf<Family> s, const MixedLeaf& b, size_t begin, size_t end) {
   LowpStepRange<Family, G, kClip, Ms...>(s, b, begin, end, std::index_sequence_for<Ms...>{});
 }
 
@@ -326,7 +418,7 @@ ffi::Future LowpStepCall(ffi::ThreadPool pool, bool stochastic, ffi::RemainingAr
                          ffi::RemainingRets rets) {
   constexpr size_t K = Family::kMoments;
   static_assert(K <= kMaxMoments);
-  using Scalars = LowpStepScalars<typename Family::Scalars>;
+  using Scalars = StepScalarsOf<Family>;
   constexpr size_t kScalars = sizeof(Scalars) / sizeof(float);
   if ((args.size() - 1) % (2 + K) != 0 || (args.size() - 1) / (2 + K) * (1 + K) != rets.size()) {
     return Done(ffi::Error::InvalidArgument("optadam step lowp kernel: operand count"));

@@ -290,6 +290,34 @@ ffi::Future RmsStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, b
   return LowpStepCall<RmsLowpFamily<false>>(pool, stochastic, args, rets);
 }
 
+// rmsprop(momentum=β)'s one pass with stored moments: the plain or centered family followed by the
+// trace (lowp.h's Traced). Operands: float32 scalars (the float32 kernel's: the clip, the
+// family's, −η, β; then the seeds), per leaf (g, θ, nu, trace) or (g, θ, mu, nu, trace); results
+// per leaf (θ, the moments, the trace), in place.
+template <bool kNesterov>
+ffi::Future RmsTracedStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
+                              bool stochastic, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (centered) {
+    if (eps_in_sqrt) {
+      return LowpStepCall<Traced<CenteredRmsLowpFamily<true>, kNesterov>>(pool, stochastic, args,
+                                                                          rets);
+    }
+    return LowpStepCall<Traced<CenteredRmsLowpFamily<false>, kNesterov>>(pool, stochastic, args,
+                                                                         rets);
+  }
+  if (eps_in_sqrt) {
+    return LowpStepCall<Traced<RmsLowpFamily<true>, kNesterov>>(pool, stochastic, args, rets);
+  }
+  return LowpStepCall<Traced<RmsLowpFamily<false>, kNesterov>>(pool, stochastic, args, rets);
+}
+
+ffi::Future RmsMomentumStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
+                                bool nesterov, bool stochastic, ffi::RemainingArgs args,
+                                ffi::RemainingRets rets) {
+  if (nesterov) return RmsTracedStepLowp<true>(pool, centered, eps_in_sqrt, stochastic, args, rets);
+  return RmsTracedStepLowp<false>(pool, centered, eps_in_sqrt, stochastic, args, rets);
+}
+
 // 8-bit moments (block8.h): optadam.step's (kUpdate false) or tx.update's. Operands: the step
 // kernel's or the update kernel's scalars, per leaf (g, θ (the step's), nu codes and scales,
 // nu's seed) or, centered, (g, θ, mu codes and scales, nu codes and scales, nu's seed); results
@@ -305,6 +333,33 @@ ffi::Future Rms8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t 
   }
   if (eps_in_sqrt) return Call8<RmsLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
   return Call8<RmsLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
+}
+
+// rmsprop(momentum=β)'s one pass with 8-bit moments and trace (the trace signed, last).
+// Operands: the scalars (as RmsMomentumStepLowp's), per leaf (g, θ, the moments' and the trace's
+// codes and scales, nu's seed); results per leaf (θ, the codes and scales), in place.
+template <bool kNesterov>
+ffi::Future RmsTraced8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
+                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (centered) {
+    if (eps_in_sqrt) {
+      return Call8<Traced<CenteredRmsLowpFamily<true>, kNesterov>, false>(pool, block_size, args,
+                                                                         rets);
+    }
+    return Call8<Traced<CenteredRmsLowpFamily<false>, kNesterov>, false>(pool, block_size, args,
+                                                                        rets);
+  }
+  if (eps_in_sqrt) {
+    return Call8<Traced<RmsLowpFamily<true>, kNesterov>, false>(pool, block_size, args, rets);
+  }
+  return Call8<Traced<RmsLowpFamily<false>, kNesterov>, false>(pool, block_size, args, rets);
+}
+
+ffi::Future RmsMomentum8Step(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, bool nesterov,
+                             int64_t block_size, ffi::RemainingArgs args,
+                             ffi::RemainingRets rets) {
+  if (nesterov) return RmsTraced8<true>(pool, centered, eps_in_sqrt, block_size, args, rets);
+  return RmsTraced8<false>(pool, centered, eps_in_sqrt, block_size, args, rets);
 }
 
 }  // namespace
@@ -373,3 +428,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_step_lowp, optadam::RmsStepLowp,
 // 8-bit moments (block8.h)
 OPTADAM_RMS8_HANDLER(optadam_rms8_step_f32, false)
 OPTADAM_RMS8_HANDLER(optadam_rms8_f32, true)
+
+// rmsprop(momentum=β)'s one pass with stored (lowp.h) or 8-bit (block8.h) moments and trace.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_momentum_step_lowp, optadam::RmsMomentumStepLowp,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("nesterov")
+                                  .Attr<bool>("stochastic")
+                                  .RemainingArgs()
+                                  .RemainingRets());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optadam_rms_momentum8_step_f32, optadam::RmsMomentum8Step,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<bool>("centered")
+                                  .Attr<bool>("eps_in_sqrt")
+                                  .Attr<bool>("nesterov")
+                                  .Attr<int64_t>("block_size")
+                                  .RemainingArgs()
+                                  .RemainingRets());
