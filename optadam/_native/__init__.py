@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -190,14 +191,17 @@ def _key(compiler: str) -> str:
 def _build(compiler: str, target: Path) -> None:
     """Compile the sources into ``target``, atomically: a temporary file renamed into place.
 
+    Each source compiles to an object on its own, as many at once as the machine has cores (the
+    largest first: rms.cc takes as long as the rest together), then one link.
     A compiler that refuses ``-march=native`` (some clang releases on arm64) gets
     ``-mcpu=native``, then no tuning flag: the library is the same code, less tuned.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    objects = tempfile.mkdtemp(prefix=target.stem + ".", suffix=".objects", dir=target.parent)
     print(f"optadam: building native CPU kernels (once) into {target}", file=sys.stderr)
-    sources = [str(SOURCE_DIR / s) for s in SOURCES]
+    sources = sorted((SOURCE_DIR / s for s in SOURCES), key=lambda f: -f.stat().st_size)
     failures = []
     try:
         for tuning in (None, ["-mcpu=native"], []):
@@ -205,19 +209,31 @@ def _build(compiler: str, target: Path) -> None:
             if tuning is not None:
                 flags = [f for f in flags if f != "-march=native"] + tuning
             command = [*shlex.split(compiler), *flags, "-isystem", jax.ffi.include_dir()]
-            command += [*sources, "-o", tmp]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode == 0:
+            outputs = [os.path.join(objects, f"{source.stem}.o") for source in sources]
+            steps = [
+                [*command, "-c", str(s), "-o", o] for s, o in zip(sources, outputs, strict=True)
+            ]
+            with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+                done = list(pool.map(_run, steps))
+            failed = next((d for d in done if d.returncode != 0), None)
+            if failed is None:
+                failed = _run([*command, *outputs, "-o", tmp])
+            if failed.returncode == 0:
                 os.replace(tmp, target)
                 return
-            tail = " | ".join(done.stderr.strip().splitlines()[-5:])
-            failures.append(f"{shlex.join(command)} failed ({done.returncode}): {tail}")
+            tail = " | ".join(failed.stderr.strip().splitlines()[-5:])
+            failures.append(f"{shlex.join(failed.args)} failed ({failed.returncode}): {tail}")
             if "-march=native" not in _flags():
                 break
         raise RuntimeError(failures[0])
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        shutil.rmtree(objects, ignore_errors=True)
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
 def library_path() -> Path | None:
