@@ -174,6 +174,7 @@ def map_leaves(
     *states: optax.Params,
     rounding_seed: jax.Array | None = None,
     kernel: Kernel | None = None,
+    eight_bit_only: bool = False,
 ) -> tuple[Any, ...]:
     """Per leaf: ``new = moments(g, *old)``, each rounded once to its storage, then
     ``u = direction(g, *new)``; return ``(updates, *new_states)``.
@@ -196,10 +197,14 @@ def map_leaves(
     same results; the direction is this function's for every leaf, so XLA fuses it into whatever
     consumes the update (``optax.apply_updates``) and the update is never stored. The exception
     is Adam's 8-bit state, whose kernel returns the update too (:func:`_native_8bit_updates`).
+    ``eight_bit_only``: only that 8-bit kernel runs (for ``grads`` that XLA would otherwise
+    fuse, computed element-wise in the same chain: the other kernels need them written out).
     """
     g_leaves, treedef = jax.tree.flatten(grads, is_leaf=is_none)
     s_leaves = [_flatten_like(treedef, grads, s) for s in states]
-    native = native_leaves(kernel, moments, g_leaves, s_leaves, rounding_seed)
+    native = (
+        {} if eight_bit_only else native_leaves(kernel, moments, g_leaves, s_leaves, rounding_seed)
+    )
     native_8bit = _native_8bit_updates(
         kernel, moments, direction, g_leaves, s_leaves, rounding_seed
     )

@@ -39,9 +39,9 @@ from optadam._leafwise import (
 from optadam._learning_rate import scale_by_learning_rate
 from optadam.momentum import (
     ScaleByMomentumState,
+    _scale_by_momentum,
     momentum_direction,
     momentum_moments,
-    scale_by_momentum,
 )
 
 
@@ -260,7 +260,7 @@ def rmsprop(
     trace = (
         optax.identity()
         if momentum is None
-        else scale_by_momentum(momentum, nesterov, mu_dtype, **lean)
+        else _scale_by_momentum(momentum, nesterov, mu_dtype, **lean, after_elementwise=True)
     )
     tx = optax.chain(
         scale_by_rms(
