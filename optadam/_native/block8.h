@@ -442,7 +442,8 @@ ffi::Future Call8(ffi::ThreadPool pool, int64_t block_size, ffi::RemainingArgs a
     std::memcpy(&s, *packed, sizeof(s));
   }
   std::vector<Leaf8<K>> leaves;
-  if (ffi::Error error = GetLeaves8(args, rets, block_size, std::data(Family::kFormats), kUpdate, leaves);
+  const Format8* formats = std::data(Family::kFormats);
+  if (ffi::Error error = GetLeaves8(args, rets, block_size, formats, kUpdate, leaves);
       error.failure()) {
     return Done(error);
   }

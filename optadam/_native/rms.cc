@@ -278,44 +278,47 @@ ffi::Future RmsLowp(ffi::ThreadPool pool, bool centered, bool /*eps_in_sqrt*/, b
   return LowpMomentsCall<RmsLowpFamily<>>(pool, stochastic, args, rets);
 }
 
+// `f(Family{})` with the lowp.h family of these switches: plain or centered, ε in or out of the
+// root.
+template <typename F>
+ffi::Future WithRmsFamily(bool centered, bool eps_in_sqrt, F&& f) {
+  if (centered) {
+    if (eps_in_sqrt) return f(CenteredRmsLowpFamily<true>{});
+    return f(CenteredRmsLowpFamily<false>{});
+  }
+  if (eps_in_sqrt) return f(RmsLowpFamily<true>{});
+  return f(RmsLowpFamily<false>{});
+}
+
+// The same family followed by rmsprop(momentum=β)'s trace, heavy-ball or Nesterov (lowp.h's
+// Traced).
+template <typename F>
+ffi::Future WithTracedRmsFamily(bool centered, bool eps_in_sqrt, bool nesterov, F&& f) {
+  return WithRmsFamily(centered, eps_in_sqrt, [&](auto family) {
+    using Family = decltype(family);
+    if (nesterov) return f(Traced<Family, true>{});
+    return f(Traced<Family, false>{});
+  });
+}
+
 // Operands: float32 scalars (the step kernel's, then the seeds), per leaf (g, θ, nu) or
 // (g, θ, mu, nu) when centered; results per leaf (θ, nu) or (θ, mu, nu), in place.
 ffi::Future RmsStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, bool stochastic,
                         ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (centered) {
-    if (eps_in_sqrt) return LowpStepCall<CenteredRmsLowpFamily<true>>(pool, stochastic, args, rets);
-    return LowpStepCall<CenteredRmsLowpFamily<false>>(pool, stochastic, args, rets);
-  }
-  if (eps_in_sqrt) return LowpStepCall<RmsLowpFamily<true>>(pool, stochastic, args, rets);
-  return LowpStepCall<RmsLowpFamily<false>>(pool, stochastic, args, rets);
+  return WithRmsFamily(centered, eps_in_sqrt, [&](auto family) {
+    return LowpStepCall<decltype(family)>(pool, stochastic, args, rets);
+  });
 }
 
-// rmsprop(momentum=β)'s one pass with stored moments: the plain or centered family followed by the
-// trace (lowp.h's Traced). Operands: float32 scalars (the float32 kernel's: the clip, the
-// family's, −η, β; then the seeds), per leaf (g, θ, nu, trace) or (g, θ, mu, nu, trace); results
-// per leaf (θ, the moments, the trace), in place.
-template <bool kNesterov>
-ffi::Future RmsTracedStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
-                              bool stochastic, ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (centered) {
-    if (eps_in_sqrt) {
-      return LowpStepCall<Traced<CenteredRmsLowpFamily<true>, kNesterov>>(pool, stochastic, args,
-                                                                          rets);
-    }
-    return LowpStepCall<Traced<CenteredRmsLowpFamily<false>, kNesterov>>(pool, stochastic, args,
-                                                                         rets);
-  }
-  if (eps_in_sqrt) {
-    return LowpStepCall<Traced<RmsLowpFamily<true>, kNesterov>>(pool, stochastic, args, rets);
-  }
-  return LowpStepCall<Traced<RmsLowpFamily<false>, kNesterov>>(pool, stochastic, args, rets);
-}
-
+// rmsprop(momentum=β)'s one pass with stored moments and trace. Operands: float32 scalars (the
+// float32 kernel's: the clip, the family's, −η, β; then the seeds), per leaf (g, θ, nu, trace) or
+// (g, θ, mu, nu, trace); results per leaf (θ, the moments, the trace), in place.
 ffi::Future RmsMomentumStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt,
                                 bool nesterov, bool stochastic, ffi::RemainingArgs args,
                                 ffi::RemainingRets rets) {
-  if (nesterov) return RmsTracedStepLowp<true>(pool, centered, eps_in_sqrt, stochastic, args, rets);
-  return RmsTracedStepLowp<false>(pool, centered, eps_in_sqrt, stochastic, args, rets);
+  return WithTracedRmsFamily(centered, eps_in_sqrt, nesterov, [&](auto family) {
+    return LowpStepCall<decltype(family)>(pool, stochastic, args, rets);
+  });
 }
 
 // 8-bit moments (block8.h): optadam.step's (kUpdate false) or tx.update's. Operands: the step
@@ -325,41 +328,20 @@ ffi::Future RmsMomentumStepLowp(ffi::ThreadPool pool, bool centered, bool eps_in
 template <bool kUpdate>
 ffi::Future Rms8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
                  ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (centered) {
-    if (eps_in_sqrt) {
-      return Call8<CenteredRmsLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
-    }
-    return Call8<CenteredRmsLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
-  }
-  if (eps_in_sqrt) return Call8<RmsLowpFamily<true>, kUpdate>(pool, block_size, args, rets);
-  return Call8<RmsLowpFamily<false>, kUpdate>(pool, block_size, args, rets);
+  return WithRmsFamily(centered, eps_in_sqrt, [&](auto family) {
+    return Call8<decltype(family), kUpdate>(pool, block_size, args, rets);
+  });
 }
 
 // rmsprop(momentum=β)'s one pass with 8-bit moments and trace (the trace signed, last).
 // Operands: the scalars (as RmsMomentumStepLowp's), per leaf (g, θ, the moments' and the trace's
 // codes and scales, nu's seed); results per leaf (θ, the codes and scales), in place.
-template <bool kNesterov>
-ffi::Future RmsTraced8(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, int64_t block_size,
-                       ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (centered) {
-    if (eps_in_sqrt) {
-      return Call8<Traced<CenteredRmsLowpFamily<true>, kNesterov>, false>(pool, block_size, args,
-                                                                         rets);
-    }
-    return Call8<Traced<CenteredRmsLowpFamily<false>, kNesterov>, false>(pool, block_size, args,
-                                                                        rets);
-  }
-  if (eps_in_sqrt) {
-    return Call8<Traced<RmsLowpFamily<true>, kNesterov>, false>(pool, block_size, args, rets);
-  }
-  return Call8<Traced<RmsLowpFamily<false>, kNesterov>, false>(pool, block_size, args, rets);
-}
-
 ffi::Future RmsMomentum8Step(ffi::ThreadPool pool, bool centered, bool eps_in_sqrt, bool nesterov,
                              int64_t block_size, ffi::RemainingArgs args,
                              ffi::RemainingRets rets) {
-  if (nesterov) return RmsTraced8<true>(pool, centered, eps_in_sqrt, block_size, args, rets);
-  return RmsTraced8<false>(pool, centered, eps_in_sqrt, block_size, args, rets);
+  return WithTracedRmsFamily(centered, eps_in_sqrt, nesterov, [&](auto family) {
+    return Call8<decltype(family), false>(pool, block_size, args, rets);
+  });
 }
 
 }  // namespace
